@@ -1,0 +1,68 @@
+"""Loading trained weights (``attempt_load``) and model ensembles."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.yolo import Detect, DetectionModel
+from utils.checkpoint import CheckpointError, load
+
+
+class Ensemble(nn.ModuleList):
+    """Several models whose predictions are concatenated before NMS."""
+
+    def forward(self, x: torch.Tensor, augment: bool = False, profile: bool = False, visualize: bool = False):
+        y = [module(x, augment, profile, visualize)[0] for module in self]
+        return torch.cat(y, 1), None
+
+
+def _compat(model: nn.Module, inplace: bool) -> None:
+    """Make models pickled by older YOLOv5/torch versions work with this torch version."""
+    for m in model.modules():
+        t = type(m)
+        if t in (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU, Detect, DetectionModel):
+            m.inplace = inplace
+        if t is nn.Upsample and not hasattr(m, 'recompute_scale_factor'):
+            m.recompute_scale_factor = None  # torch 1.11+ attribute missing from old pickles
+
+
+def checkpoint_model(ckpt: dict) -> nn.Module:
+    """The model a checkpoint dict holds: ``ema`` when present, else ``model``."""
+    model = ckpt.get('ema') if ckpt.get('ema') is not None else ckpt.get('model')
+    if not isinstance(model, nn.Module):
+        raise CheckpointError("checkpoint holds no model under 'ema' or 'model'")
+    return model
+
+
+def attempt_load(weights: str | Path | list, device: torch.device | str | None = None, inplace: bool = True,
+                 fuse: bool = True) -> nn.Module:
+    """Load one model (or an Ensemble for a list) in FP32 eval mode from YOLOv5 ``.pt`` files.
+
+    Official asset names (``yolov5s.pt`` ...) missing on disk are downloaded like upstream
+    (utils.downloads.attempt_download). Names become a dict {index: name}.
+    """
+    from utils.downloads import attempt_download
+
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    ensemble = Ensemble()
+    for w in weights if isinstance(weights, (list, tuple)) else [weights]:
+        ckpt = load(attempt_download(w), map_location='cpu')
+        model = checkpoint_model(ckpt).to(device).float()
+        if not hasattr(model, 'stride'):
+            model.stride = torch.tensor([32.0])
+        if hasattr(model, 'names') and isinstance(model.names, (list, tuple)):
+            model.names = dict(enumerate(model.names))
+        model = model.fuse().eval() if fuse and hasattr(model, 'fuse') else model.eval()
+        ensemble.append(model)
+    _compat(ensemble, inplace)
+    if len(ensemble) == 1:
+        return ensemble[-1]
+    for k in ('names', 'nc', 'yaml'):
+        setattr(ensemble, k, getattr(ensemble[0], k))
+    ensemble.stride = ensemble[int(torch.tensor([m.stride.max() for m in ensemble]).argmax())].stride
+    nc = {m.nc if hasattr(m, 'nc') else m.yaml['nc'] for m in ensemble}
+    if len(nc) > 1:
+        raise CheckpointError(f'ensemble models have different class counts {sorted(nc)}')
+    return ensemble

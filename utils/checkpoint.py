@@ -1,0 +1,98 @@
+"""Checkpoint files: safe loading (allow-listed unpickling) and atomic saving in upstream's layout.
+
+YOLOv5 ``.pt`` files pickle whole modules, so loading one reconstructs objects by import path.
+``load`` uses torch's weights-only unpickler with an explicit allow-list of exactly the classes a
+YOLOv5 checkpoint needs; any other global (``os.system``, ``builtins.eval``, ...) is refused with a
+one-line ``CheckpointError`` naming it, before anything is executed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot or must not be loaded (unsafe global, corrupt or missing file)."""
+
+
+def _allowed_globals() -> list:
+    """Classes/functions a YOLOv5 checkpoint (release or training) may reference, with their pickle names."""
+    import collections
+    import pathlib
+
+    import numpy as np
+
+    from models import common, yolo
+
+    ours = [getattr(common, n) for n in ('Conv', 'DWConv', 'Bottleneck', 'BottleneckCSP', 'C3', 'SPP', 'SPPF',
+                                         'Focus', 'Concat')]
+    ours += [yolo.Detect, yolo.DetectionModel, (yolo.DetectionModel, 'models.yolo.Model')]
+    torch_nn = [nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.Identity,
+                nn.MaxPool2d, nn.Upsample, nn.Sequential, nn.ModuleList, nn.Dropout, nn.Linear]
+    other = [collections.OrderedDict, set, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+             np.dtype, np.ndarray]
+    # numpy scalars (e.g. best_fitness saved as np.float64) pickle through these reconstructors
+    for mod, name in (('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+                      ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct')):
+        try:
+            module = __import__(mod, fromlist=[name])
+            other.append((getattr(module, name), f'{mod}.{name}'))
+        except (ImportError, AttributeError):
+            pass
+    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool', 'uint8')]
+    return ours + torch_nn + other + dtypes
+
+
+_UNSAFE = re.compile(r'(?:GLOBAL|global)\s+([\w.]+)')
+
+
+def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
+    """Load a YOLOv5 checkpoint dict without executing arbitrary code.
+
+    Raises CheckpointError (one line) for a missing file, a refused global or a corrupt file.
+    Compact sparse tensors (see ``utils.sparsity``) are expanded transparently.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = _UNSAFE.search(msg)
+        what = m.group(1) if m else msg.strip().splitlines()[0][:200]
+        raise CheckpointError(f'refusing to load {path}: it references {what}, which is not part of a '
+                              f'YOLOv5 checkpoint (only allow-listed torch/numpy/models.* classes are loaded)') from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'cannot read checkpoint {path}: {first}') from None
+    if not isinstance(ckpt, dict):
+        ckpt = {'model': ckpt}
+    return ckpt
+
+
+def save(ckpt: dict[str, Any], path: str | Path) -> None:
+    """torch.save ``ckpt`` atomically: write a temp file in the same folder, then rename over ``path``.
+
+    A crash or Ctrl-C during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
