@@ -322,3 +322,53 @@ def test_sweep_amounts():
     with pytest.raises(ValueError, match='stop'):
         sweep_amounts(0.1, 1.0)
     assert math.isclose(sum(sweep_amounts()), 4.5)
+
+
+# ------------------------------------------------------------------------------------------------ real YOLOv5
+FIXTURES = __import__('pathlib').Path('/work/shared/fixtures/upstream')
+
+
+@pytest.fixture(scope='module')
+def yolov5n():
+    from models.yolo import DetectionModel
+    torch.manual_seed(0)
+    return DetectionModel('yolov5n.yaml').eval()
+
+
+def test_yolov5n_layers(yolov5n):
+    layers = prunable_layers(yolov5n)
+    assert len(layers) == 60 and layers[0][0] == 'model.0.conv' and layers[-1][0] == 'model.24.m.2'
+    kept = [n for n, _ in prunable_layers(yolov5n, exclude_first=True, exclude_detect=True)]
+    assert len(kept) == 56 and 'model.0.conv' not in kept and not any(n.startswith('model.24.m') for n in kept)
+
+
+def test_yolov5n_prune_then_fuse(yolov5n):
+    model = copy.deepcopy(yolov5n)
+    report = prune(model, 0.3, exclude_first=True, exclude_detect=True)
+    assert report.layers == 56
+    assert report.prunable_zeros == sum(round(0.3 * m.weight.numel())
+                                        for _, m in prunable_layers(model, exclude_first=True, exclude_detect=True))
+    zeros = [m.weight == 0 for _, m in prunable_layers(model)]
+    x = torch.rand(1, 3, 64, 64)
+    y = model(x)[0]
+    model.fuse()
+    for (name, m), z in zip(prunable_layers(model), zeros):
+        assert torch.equal(m.weight == 0, z), name  # folding BN keeps every zero
+    torch.testing.assert_close(model(x)[0], y, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.skipif(not (FIXTURES / 'yolov5n-v7.0.pt').is_file(), reason='upstream fixture missing')
+def test_trained_fp16_checkpoint_like_upstream():
+    """A trained FP16 checkpoint: per-layer zero counts equal upstream's prune; its overall number equals ours."""
+    from utils.checkpoint import load
+    model = load(FIXTURES / 'yolov5n-v7.0.pt')['model'].float()
+    ref = copy.deepcopy(model)
+    for m in ref.modules():  # upstream utils/torch_utils.prune
+        if isinstance(m, nn.Conv2d):
+            torch_prune.l1_unstructured(m, 'weight', amount=0.3)
+            torch_prune.remove(m, 'weight')
+    report = prune(model, 0.3)
+    for (name, m), (_, r) in zip(prunable_layers(model), prunable_layers(ref)):
+        assert int((m.weight == 0).sum()) == int((r.weight == 0).sum()), name
+    upstream_sparsity = sum(int((p == 0).sum()) for p in ref.parameters()) / sum(p.numel() for p in ref.parameters())
+    assert report.overall == pytest.approx(upstream_sparsity, abs=1e-12)
