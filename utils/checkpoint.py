@@ -50,7 +50,7 @@ def _allowed_globals() -> list:
     return ours + torch_nn + other + dtypes
 
 
-_UNSAFE = re.compile(r'(?:GLOBAL|global)\s+([\w.]+)')
+_UNSAFE = re.compile(r'GLOBAL\s+([\w.]+)')
 
 
 def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
@@ -69,6 +69,8 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str
         msg = str(e)
         m = _UNSAFE.search(msg)
         what = m.group(1) if m else msg.strip().splitlines()[0][:200]
+        if m and '.' not in what:  # torch names builtins without their module
+            what = f'builtins.{what}'
         raise CheckpointError(f'refusing to load {path}: it references {what}, which is not part of a '
                               f'YOLOv5 checkpoint (only allow-listed torch/numpy/models.* classes are loaded)') from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -96,3 +98,39 @@ def save(ckpt: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_checkpoint(model: nn.Module, ema: nn.Module | None = None, epoch: int = -1, best_fitness: float | None = None,
+                    updates: int | None = None, optimizer: dict | None = None, opt: dict | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """Upstream's checkpoint dict: FP16 copies of ``model``/``ema`` plus training state and extra keys.
+
+    Extra keys (e.g. ``dns`` masks) are ignored by upstream's loader.
+    """
+    from copy import deepcopy
+    from datetime import datetime
+
+    from utils.torch_utils import de_parallel
+
+    def half_copy(m: nn.Module | None) -> nn.Module | None:
+        return None if m is None else deepcopy(de_parallel(m)).half()
+
+    ckpt = {'epoch': epoch, 'best_fitness': best_fitness, 'model': half_copy(model), 'ema': half_copy(ema),
+            'updates': updates, 'optimizer': optimizer, 'opt': opt, 'git': None, 'date': datetime.now().isoformat()}
+    ckpt.update(extra)
+    return ckpt
+
+
+def strip_optimizer(f: str | Path) -> float:
+    """Finish a training checkpoint like a release: ema -> model, no optimizer, epoch -1. Returns MB on disk."""
+    ckpt = load(f)
+    if ckpt.get('ema') is not None:
+        ckpt['model'] = ckpt['ema']
+    for k in ('optimizer', 'best_fitness', 'ema', 'updates'):
+        ckpt[k] = None
+    ckpt['epoch'] = -1
+    ckpt['model'].half()
+    for p in ckpt['model'].parameters():
+        p.requires_grad = False
+    save(ckpt, f)
+    return os.path.getsize(f) / 1e6

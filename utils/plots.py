@@ -272,6 +272,14 @@ def plot_labels(labels: np.ndarray, names: dict | list | tuple = (), save_dir: s
     return f
 
 
+def _gaussian_smooth(y: np.ndarray, sigma: float = 3) -> np.ndarray:
+    """Gaussian-smoothed curve (edge values repeated), numpy only: the dotted trend line in results.png."""
+    r = int(4 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    return np.convolve(np.pad(np.asarray(y, dtype=float), r, mode='edge'), k, mode='valid')
+
+
 def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '') -> Path:
     """Save results.png next to results*.csv (the folder of `file`, or `dir`); returns its path.
 
@@ -280,7 +288,6 @@ def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '')
     """
     import pandas as pd
     from matplotlib.figure import Figure
-    from scipy.ndimage import gaussian_filter1d
 
     save_dir = Path(file).parent if file else Path(dir)
     files = sorted(save_dir.glob('results*.csv'))
@@ -309,7 +316,7 @@ def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '')
                 continue
             y = data[k].to_numpy(dtype=float)
             a.plot(x, y, marker='.', label=f.stem, linewidth=2, markersize=8)
-            a.plot(x, gaussian_filter1d(y, sigma=3), ':', label='smooth', linewidth=2)
+            a.plot(x, _gaussian_smooth(y, sigma=3), ':', label='smooth', linewidth=2)
     for a, k in zip(ax, keys):
         a.set_title(k, fontsize=12)
     for a in ax[len(keys):]:
