@@ -1,0 +1,31 @@
+"""The comparison table writer on a tiny 2-row run."""
+from __future__ import annotations
+
+import csv
+import math
+
+from utils.comparison import COLUMNS, Row, markdown, write_all
+
+
+def test_write_all_two_rows(tmp_path):
+    rows = [Row('dense', P=0.9, R=0.8, mAP50=0.85, mAP50_95=0.6, ms_per_img=3.2, batch=32, params=1767976,
+                size_dense_mb=3.8, size_compact_mb=3.9),
+            Row('one-shot', 'layer', 0.3, sparsity=0.3, sparsity_all=0.297, P=0.88, R=0.79, mAP50=0.83, mAP50_95=0.57,
+                ms_per_img=3.1, batch=32, params=1767976, size_dense_mb=3.8, size_compact_mb=3.1)]
+    out = write_all(rows, tmp_path / 'exp')
+    assert {p.name for p in out.values()} == {'comparison.csv', 'comparison.md', 'comparison.png'}
+    with open(out['csv']) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        got = list(reader)
+    assert [r['method'] for r in got] == ['dense', 'one-shot']
+    assert float(got[1]['sparsity']) == 0.3 and got[0]['coco_AP'] == ''  # NaN -> empty cell
+    md = out['md'].read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith('| method | scope | target | sparsity (conv)')
+    assert '| one-shot | layer | 0.300 | 0.300 |' in md[3]
+    assert out['png'].stat().st_size > 5000
+
+
+def test_markdown_nan_dash():
+    md = markdown([Row('dense', mAP50=math.nan)])
+    assert '| - |' in md

@@ -1,0 +1,105 @@
+"""The comparison table (dense vs one-shot pruned vs DNS): rows, CSV / Markdown / PNG writers.
+
+One row per evaluated model. Columns are fixed (COLUMNS) so tables from different runs line up;
+missing values (e.g. COCO AP on a set without COCO annotations) are written as empty cells / '-'.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    """One evaluated model. Fractions in 0-1, times in ms per image, sizes in MB (1e6 bytes)."""
+
+    method: str  # 'dense', 'one-shot', 'one-shot+ft', 'dns'
+    scope: str = '-'  # 'layer' | 'global' | '-'
+    target: float = 0.0  # requested sparsity (fraction of prunable weights)
+    sparsity: float = 0.0  # measured zeros / prunable (Conv2d) weights
+    sparsity_all: float = 0.0  # measured zeros / all parameters
+    P: float = math.nan
+    R: float = math.nan
+    mAP50: float = math.nan
+    mAP50_95: float = math.nan
+    coco_AP: float = math.nan  # pycocotools AP@[.5:.95] when COCO annotations exist
+    coco_AR100: float = math.nan  # pycocotools AR@100
+    ms_per_img: float = math.nan  # inference only
+    batch: int = 0
+    precision: str = 'fp32'
+    params: int = 0
+    size_dense_mb: float = math.nan  # upstream-compatible FP16 .pt
+    size_compact_mb: float = math.nan  # bitmask + non-zero values .pt
+    epochs: int = 0  # fine-tuning / DNS epochs spent after the dense model
+    weights: str = ''
+
+
+COLUMNS = [f.name for f in fields(Row)]
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return '-' if math.isnan(v) else f'{v:.4g}' if abs(v) >= 1 else f'{v:.3f}'
+    return str(v)
+
+
+def write_csv(rows: list[Row], file: Path) -> Path:
+    """comparison.csv: one header line (COLUMNS), one line per row; NaN -> empty cell."""
+    with open(file, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ('' if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()})
+    return file
+
+
+def markdown(rows: list[Row]) -> str:
+    """A GitHub table of the user-facing columns (ready to paste in a README)."""
+    cols = ['method', 'scope', 'target', 'sparsity', 'sparsity_all', 'P', 'R', 'mAP50', 'mAP50_95', 'coco_AP',
+            'coco_AR100', 'ms_per_img', 'batch', 'precision', 'params', 'size_dense_mb', 'size_compact_mb', 'epochs']
+    head = ['method', 'scope', 'target', 'sparsity (conv)', 'sparsity (all)', 'P', 'R', 'mAP50', 'mAP50-95',
+            'COCO AP', 'COCO AR@100', 'ms/img', 'batch', 'prec.', 'params', 'dense MB', 'compact MB', 'epochs']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in rows:
+        d = asdict(r)
+        lines.append('| ' + ' | '.join(_fmt(d[c]) for c in cols) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[Row], file: Path) -> Path:
+    """comparison.png: mAP50-95 (and mAP50, dashed) vs measured sparsity, one line per method/scope."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), tight_layout=True)
+    ax = fig.add_subplot()
+    dense = [r for r in rows if r.method == 'dense']
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.method != 'dense':
+            groups.setdefault(f'{r.method} ({r.scope})' if r.scope != '-' else r.method, []).append(r)
+    for i, (label, rs) in enumerate(sorted(groups.items())):
+        rs = dense[:1] + sorted(rs, key=lambda r: r.sparsity)
+        x = [r.sparsity * 100 for r in rs]
+        color = f'C{i}'
+        ax.plot(x, [r.mAP50_95 for r in rs], 'o-', color=color, label=f'{label} mAP50-95')
+        ax.plot(x, [r.mAP50 for r in rs], '.--', color=color, alpha=0.5, label=f'{label} mAP50')
+    for r in dense:
+        ax.axhline(r.mAP50_95, color='k', lw=0.8, ls=':', label='dense mAP50-95')
+    ax.set_xlabel('sparsity of Conv2d weights (%)')
+    ax.set_ylabel('mAP')
+    ax.set_xlim(-2, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='lower left')
+    fig.savefig(file, dpi=150)
+    return file
+
+
+def write_all(rows: list[Row], save_dir: Path) -> dict[str, Path]:
+    """Write comparison.csv, comparison.md and comparison.png into ``save_dir``."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    md = save_dir / 'comparison.md'
+    md.write_text(markdown(rows))
+    return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': plot(rows, save_dir / 'comparison.png')}
