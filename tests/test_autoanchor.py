@@ -1,6 +1,7 @@
 """Tests for utils/autoanchor.py: anchor order, fit check, k-means and the evolved anchors."""
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_kmean_anchors_fewer_labels_than_anchors():
 def test_check_anchors_on_detection_model():
     from models.yolo import DetectionModel
 
-    model = DetectionModel('models/yolov5n.yaml', nc=2)
+    model = DetectionModel(str(Path(__file__).parents[1] / 'models' / 'yolov5n.yaml'), nc=2)
     m = model.model[-1]
     ds = _dataset([[300, 8], [8, 300], [200, 6], [6, 200]])
     assert check_anchors(ds, model) > 0.98

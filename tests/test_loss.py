@@ -1,6 +1,7 @@
 """Tests for utils/loss.py: IoU variants, target assignment goldens, loss values and gradients."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +289,19 @@ def test_balance_and_autobalance():
     assert lf.balance[1] == 1.0  # renormalized to the stride-16 level
     with pytest.raises(ValueError, match='stride-16'):
         ComputeLoss(_Model([[[1, 1]], [[2, 2]]], [8, 32]), autobalance=True)
+
+
+def test_loss_on_detection_model():
+    # the real head: every parameter gets a finite gradient from the loss of a tiny batch
+    from models.yolo import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(str(Path(__file__).parents[1] / 'models' / 'yolov5n.yaml'), nc=2)
+    model.hyp = scale_loss_gains(HYP, nl=3, nc=2, imgsz=64)
+    model.train()
+    p = model(torch.rand(2, 3, 64, 64))
+    loss, items = ComputeLoss(model)(p, torch.tensor([TARGET_A, TARGET_B]))
+    assert torch.isfinite(loss).all() and (items > 0).all()
+    loss.backward()
+    for name, w in model.named_parameters():
+        assert w.grad is not None and torch.isfinite(w.grad).all(), name

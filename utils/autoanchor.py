@@ -20,7 +20,7 @@ from utils.torch_utils import de_parallel
 
 
 def _prefix() -> str:
-    return colorstr("AutoAnchor: ")
+    return colorstr('AutoAnchor: ')
 
 
 def check_anchor_order(m: torch.nn.Module) -> None:
@@ -34,7 +34,7 @@ def check_anchor_order(m: torch.nn.Module) -> None:
     da = area[-1] - area[0]
     ds = m.stride[-1] - m.stride[0]
     if da and (da.sign() != ds.sign().to(da.device)):
-        LOGGER.info(f"{_prefix()}Reversing anchor order")
+        LOGGER.info(f'{_prefix()}Reversing anchor order')
         m.anchors[:] = pixels.flip(0) / stride
 
 
@@ -66,7 +66,7 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz:
     scale = np.random.default_rng(0).uniform(0.9, 1.1, size=(len(dataset.shapes), 1))
     wh = _label_wh(dataset, imgsz, scale)
     if not len(wh):
-        LOGGER.warning(f"{_prefix()}WARNING ⚠️ no labels in dataset, skipping anchor check")
+        LOGGER.warning(f'{_prefix()}WARNING ⚠️ no labels in dataset, skipping anchor check')
         return 0.0
 
     def metric(k: np.ndarray) -> tuple[float, float]:
@@ -80,10 +80,10 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz:
     bpr, aat = metric(anchors)
     s = f"\n{_prefix()}{aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). "
     if bpr > 0.98:
-        LOGGER.info(f"{s}Current anchors are a good fit to dataset ✅")
+        LOGGER.info(f'{s}Current anchors are a good fit to dataset ✅')
         return bpr
 
-    LOGGER.info(f"{s}Anchors are a poor fit to dataset ⚠️, attempting to improve...")
+    LOGGER.info(f'{s}Anchors are a poor fit to dataset ⚠️, attempting to improve...')
     na = m.anchors.numel() // 2
     new = kmean_anchors(dataset, n=na, img_size=imgsz, thr=thr, gen=1000, verbose=False)
     new_bpr = metric(new)[0]
@@ -91,9 +91,9 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz:
         k = torch.as_tensor(new, dtype=m.anchors.dtype, device=m.anchors.device).view_as(m.anchors)
         m.anchors[:] = k / stride
         check_anchor_order(m)
-        LOGGER.info(f"{_prefix()}Done ✅ (optional: update model *.yaml to use these anchors in the future)")
+        LOGGER.info(f'{_prefix()}Done ✅ (optional: update model *.yaml to use these anchors in the future)')
         return new_bpr
-    LOGGER.info(f"{_prefix()}Done ⚠️ (original anchors better than new anchors, proceeding with original anchors)")
+    LOGGER.info(f'{_prefix()}Done ⚠️ (original anchors better than new anchors, proceeding with original anchors)')
     return bpr
 
 
@@ -106,7 +106,7 @@ def kmeans(points: np.ndarray, k: int, iters: int = 30, restarts: int = 3, seed:
     points = np.asarray(points, dtype=np.float64)
     n = len(points)
     if not 0 < k <= n:
-        raise ValueError(f"kmeans needs 1 <= k <= number of points, got k={k} for {n} points")
+        raise ValueError(f'kmeans needs 1 <= k <= number of points, got k={k} for {n} points')
     rng = np.random.default_rng(seed)
     sq = (points**2).sum(1)
 
@@ -139,7 +139,7 @@ def kmeans(points: np.ndarray, k: int, iters: int = 30, restarts: int = 3, seed:
 
 
 def kmean_anchors(
-    dataset: Any = "./data/coco128.yaml",
+    dataset: Any = './data/coco128.yaml',
     n: int = 9,
     img_size: int = 640,
     thr: float = 4.0,
@@ -157,7 +157,7 @@ def kmean_anchors(
     if isinstance(dataset, (str, dict)):
         from utils.dataloaders import LoadImagesAndLabels, check_dataset  # only when a path is given
 
-        dataset = LoadImagesAndLabels(check_dataset(dataset)["train"], augment=True, rect=True)
+        dataset = LoadImagesAndLabels(check_dataset(dataset)['train'], augment=True, rect=True)
     prefix = _prefix()
     thr = 1 / thr
     rng = np.random.default_rng(seed)
@@ -166,10 +166,10 @@ def kmean_anchors(
     wh0 = _label_wh(dataset, img_size)  # all labels, for reporting
     small = int((wh0 < 3.0).any(1).sum())
     if small:
-        LOGGER.info(f"{prefix}WARNING ⚠️ Extremely small objects found: {small} of {len(wh0)} labels are <3 pixels in size")
+        LOGGER.info(f'{prefix}WARNING ⚠️ Extremely small objects found: {small} of {len(wh0)} labels are <3 pixels')
     wh = wh0[(wh0 >= 2.0).any(1)]  # evolve on labels of at least 2 px
     if not len(wh):
-        raise ValueError(f"{prefix}no labels of 2 pixels or more at img_size={img_size}; cannot compute anchors")
+        raise ValueError(f'AutoAnchor: no labels of 2 pixels or more at img_size={img_size}; cannot compute anchors')
 
     # fitness runs once per generation, so it uses the log form of the ratio metric:
     # min(r, 1/r) = exp(-|log r|), with the (2, n) log sizes laid out so every reduction is contiguous
@@ -190,25 +190,25 @@ def kmean_anchors(
             past = x[x > thr]
             s = (
                 f"{prefix}thr={thr:.2f}: {bpr:.4f} best possible recall, {aat:.2f} anchors past thr\n"
-                f"{prefix}n={n}, img_size={img_size}, metric_all={x.mean():.3f}/{best.mean():.3f}-mean/best, "
-                f"past_thr={past.mean() if len(past) else 0.0:.3f}-mean: "
+                f'{prefix}n={n}, img_size={img_size}, metric_all={x.mean():.3f}/{best.mean():.3f}-mean/best, '
+                f'past_thr={past.mean() if len(past) else 0.0:.3f}-mean: '
             )
-            LOGGER.info(s + ", ".join(f"{round(a)},{round(b)}" for a, b in k))
+            LOGGER.info(s + ', '.join(f'{round(a)},{round(b)}' for a, b in k))
         return k
 
-    LOGGER.info(f"{prefix}Running kmeans for {n} anchors on {len(wh)} points...")
+    LOGGER.info(f'{prefix}Running kmeans for {n} anchors on {len(wh)} points...')
     if n <= len(wh):
         s = wh.std(0).astype(np.float64)
         s[s == 0] = 1.0  # all labels the same size along one axis: nothing to whiten
         k = kmeans(wh / s, n, iters=30, seed=seed)[0] * s
     else:
-        LOGGER.warning(f"{prefix}WARNING ⚠️ fewer labels than anchors, switching from kmeans to random init")
+        LOGGER.warning(f'{prefix}WARNING ⚠️ fewer labels than anchors, switching from kmeans to random init')
         k = np.sort(rng.random(n * 2)).reshape(n, 2) * img_size
     k = results(k.astype(np.float32), log=False)
 
     # genetic evolution: multiplicative mutations of the current best, kept only when fitness improves
     f, sh, mp, sigma = fitness(k), k.shape, 0.9, 0.1  # fitness, shape, mutation probability, sigma
-    pbar = tqdm(range(gen), desc=f"{prefix}Evolving anchors with Genetic Algorithm", disable=gen == 0)
+    pbar = tqdm(range(gen), desc=f'{prefix}Evolving anchors with Genetic Algorithm', disable=gen == 0)
     for _ in pbar:
         v = np.ones(sh)
         while (v == 1).all():  # mutate until something changes
@@ -217,7 +217,7 @@ def kmean_anchors(
         fg = fitness(kg)
         if fg > f:
             f, k = fg, kg
-            pbar.desc = f"{prefix}Evolving anchors with Genetic Algorithm: fitness = {f:.4f}"
+            pbar.desc = f'{prefix}Evolving anchors with Genetic Algorithm: fitness = {f:.4f}'
             if verbose:
                 results(k, log=True)
     return results(k, log=True).astype(np.float32)

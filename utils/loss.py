@@ -85,7 +85,7 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
         self.alpha = alpha
         self.reduction = loss_fcn.reduction
-        self.loss_fcn.reduction = "none"
+        self.loss_fcn.reduction = 'none'
 
     def forward(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
         """Loss of logits ``pred`` against targets ``true`` in [0, 1]."""
@@ -94,9 +94,9 @@ class FocalLoss(nn.Module):
         p_t = true * prob + (1 - true) * (1 - prob)  # probability given to the true outcome
         alpha_t = true * self.alpha + (1 - true) * (1 - self.alpha)
         loss = loss * alpha_t * (1.0 - p_t) ** self.gamma
-        if self.reduction == "mean":
+        if self.reduction == 'mean':
             return loss.mean()
-        if self.reduction == "sum":
+        if self.reduction == 'sum':
             return loss.sum()
         return loss
 
@@ -108,9 +108,9 @@ def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int) -> dict:
     of grid cells (image area) and class loss with the number of classes.
     """
     h = dict(hyp)
-    h["box"] = hyp["box"] * 3 / nl
-    h["cls"] = hyp["cls"] * nc / 80 * 3 / nl
-    h["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl
+    h['box'] = hyp['box'] * 3 / nl
+    h['cls'] = hyp['cls'] * nc / 80 * 3 / nl
+    h['obj'] = hyp['obj'] * (imgsz / 640) ** 2 * 3 / nl
     return h
 
 
@@ -126,10 +126,10 @@ class ComputeLoss:
         device = next(model.parameters()).device
         h = model.hyp
 
-        BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device))
-        BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device))
-        self.cp, self.cn = smooth_BCE(eps=h.get("label_smoothing", 0.0))
-        g = h.get("fl_gamma", 0.0)
+        BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h['cls_pw']], device=device))
+        BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h['obj_pw']], device=device))
+        self.cp, self.cn = smooth_BCE(eps=h.get('label_smoothing', 0.0))
+        g = h.get('fl_gamma', 0.0)
         if g > 0:
             BCEcls, BCEobj = FocalLoss(BCEcls, g), FocalLoss(BCEobj, g)
 
@@ -138,7 +138,7 @@ class ComputeLoss:
         self.balance = [4.0, 1.0, 0.4] if m.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02]
         strides = [int(s) for s in m.stride]
         if autobalance and 16 not in strides:
-            raise ValueError(f"autobalance needs a stride-16 output level, model strides are {strides}")
+            raise ValueError(f'autobalance needs a stride-16 output level, model strides are {strides}')
         self.ssi = strides.index(16) if autobalance else 0
         self.BCEcls, self.BCEobj, self.gr, self.hyp, self.autobalance = BCEcls, BCEobj, 1.0, h, autobalance
         self.na, self.nc, self.nl = m.na, m.nc, m.nl
@@ -187,9 +187,9 @@ class ComputeLoss:
 
         if self.autobalance:
             self.balance = [x / self.balance[self.ssi] for x in self.balance]
-        lbox *= self.hyp["box"]
-        lobj *= self.hyp["obj"]
-        lcls *= self.hyp["cls"]
+        lbox *= self.hyp['box']
+        lobj *= self.hyp['obj']
+        lcls *= self.hyp['cls']
         bs = p[0].shape[0]
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
@@ -221,7 +221,7 @@ class ComputeLoss:
             t = targets * gain
             if nt:
                 r = t[..., 4:6] / anchors[:, None]  # (na, nt, 2) wh ratio
-                j = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
+                j = torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']
                 t = t[j]
 
                 gxy = t[:, 2:4]
