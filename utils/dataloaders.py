@@ -207,9 +207,9 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None,
     no_labels = np.zeros((0, 5), np.float32)
     try:
         with Image.open(im_file) as im:
+            im.verify()  # cheap integrity check, no full decode; must come right after open
             shape = exif_size(im)
             fmt = (im.format or '').lower()
-            im.verify()  # cheap integrity check, no full decode
         if fmt not in IMG_FORMATS:
             raise ValueError(f'unsupported image format {fmt or "unknown"}')
         if shape[0] < 10 or shape[1] < 10:
