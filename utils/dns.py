@@ -1,0 +1,358 @@
+"""Dynamic Network Surgery (DNS): learn binary weight masks T while training, so pruned weights can come back.
+
+Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NIPS 2016 (arXiv 1608.04493), with a target
+sparsity reached through the gradual schedule of Zhu & Gupta 2017. Team spec: docs/dns.md.
+
+The network computes with W ⊙ T. The optimizer updates *every* entry of W with the gradient taken at W ⊙ T
+(straight-through), so a masked weight that the loss keeps pushing grows back and is *spliced*, and a kept
+weight that shrinks is *pruned*. Masks follow the hysteresis rule `mask_rule` with thresholds a = (1-δ)q,
+b = (1+δ)q, where q is the magnitude below which the scheduled fraction s_k of the weights lies.
+
+Between optimizer steps every DNS-managed parameter holds W ⊙ T (exactly zero where masked); the values of
+the masked entries live in `DNS.pruned`, outside the module. So forward passes (gradient accumulation
+included), EMA updates, `state_dict()` and pickling all see plain, masked weights that upstream YOLOv5 loads.
+
+How train.py calls it (YOLOv5 v7.0 loop; AMP, accumulation, EMA and DDP):
+
+    dns = DNS(model, target=0.5, surgery_steps=n_surgery, scope='layer')    # after model.to(device)
+    if resume: dns.load_state_dict(ckpt['dns'])
+    ...
+    scaler.scale(loss).backward()                      # grads at W ⊙ T, non-zero at masked entries too
+    if ni - last_opt_step >= accumulate:
+        scaler.unscale_(optimizer)                     # before anything reads gradients (clipping)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        dns.before_step()                              # parameters <- dense W
+        scaler.step(optimizer); scaler.update(); optimizer.zero_grad()
+        dns.after_step()                               # maybe update T (σ(k)); parameters <- W ⊙ T
+        if ema: ema.update(model)                      # averages effective weights W ⊙ T
+    # end of epoch, before val and save:
+    dns.apply_to(ema.ema); LOGGER.info(dns.layer_table()); log(dns.summary()); dns.reset_counters()
+    ckpt['dns'] = dns.state_dict()
+
+DNS never reads gradients, so it is indifferent to GradScaler's scaling; `scaler.unscale_` is only needed for
+whatever else reads gradients (clipping). One `before_step()`/`after_step()` pair per optimizer step (not per
+backward); a step skipped by GradScaler still counts as a step.
+
+DDP: construct DNS on the raw or the wrapped model, before or after wrapping (kept entries are always read
+from the live parameter, so DDP's initial broadcast is never undone). Every rank calls the hooks. Assumption:
+after DDP's gradient all-reduce and identical optimizer steps the weights are bit-identical on all ranks, so
+mask updates computed locally agree; the update decisions come from a generator seeded identically on all
+ranks and are also broadcast from rank 0. `sync_masks=True` additionally broadcasts the masks from rank 0
+after each update, for setups where that assumption may not hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from utils.sparsity import apply_masks, magnitude_threshold, prunable_layers, unwrap_model
+
+SCOPES = ('layer', 'global')
+
+
+def cubic_schedule(k: int, n: int, s_final: float, s_init: float = 0.0) -> float:
+    """Scheduled sparsity (fraction) after k of n surgery steps: s_final + (s_init - s_final) * (1 - k/n)^3.
+
+    Zhu & Gupta 2017: fast pruning early, slow near the target. k is clamped to [0, n]; n <= 0 gives s_final.
+    """
+    if n <= 0:
+        return s_final
+    progress = min(max(k / n, 0.0), 1.0)
+    return s_final + (s_init - s_final) * (1.0 - progress) ** 3
+
+
+def update_probability(k: int, gamma: float, power: float) -> float:
+    """σ(k) = (1 + γ·k)^(-power): probability that the masks are updated at optimizer step k."""
+    return (1.0 + gamma * k) ** (-power)
+
+
+def mask_rule(w: Tensor, a: float | Tensor, b: float | Tensor, t_prev: Tensor) -> Tensor:
+    """Hysteresis h(w; a, b, t_prev) -> bool keep-mask: False if |w| < a, True if |w| >= b, t_prev in between.
+
+    a <= b are magnitudes in the units of w; t_prev is the previous mask (bool, or 0/1 of any dtype).
+    """
+    magnitude = w.abs()
+    return (magnitude >= b) | (t_prev.bool() & (magnitude >= a))
+
+
+def exact_cut(weights: list[Tensor], keep: list[Tensor], amount: float, scope: str = 'layer') -> list[Tensor]:
+    """Flip the fewest mask entries so that exactly round(amount * n) entries are pruned (bool masks out).
+
+    n counts the entries of each tensor (scope 'layer') or of all tensors together ('global'). Missing pruning
+    removes the smallest-magnitude kept weights; excess pruning splices back the largest-magnitude masked ones,
+    so the decisions DNS made inside the hysteresis band survive wherever the target allows.
+    """
+    groups = [[i] for i in range(len(weights))] if scope == 'layer' else [list(range(len(weights)))]
+    out = list(keep)
+    for group in groups:
+        magnitude = torch.cat([weights[i].detach().abs().flatten().float() for i in group])
+        kept = torch.cat([keep[i].bool().flatten() for i in group])
+        missing = round(amount * magnitude.numel()) - int((~kept).sum())
+        if missing > 0:  # too few pruned: prune the smallest kept weights
+            kept[torch.where(kept, magnitude, math.inf).topk(missing, largest=False).indices] = False
+        elif missing < 0:  # too many pruned: splice the largest masked weights
+            kept[torch.where(kept, -math.inf, magnitude).topk(-missing).indices] = True
+        for i, part in zip(group, kept.split([weights[i].numel() for i in group])):
+            out[i] = part.view(weights[i].shape)
+    return out
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@dataclass
+class DNSConfig:
+    """DNS settings; validated on creation (one-line ValueError). Stored in `DNS.state_dict()` for --resume."""
+
+    target: float  # final sparsity: fraction of the managed weights that are zero, 0 < target < 1
+    surgery_steps: int  # optimizer steps of the surgery phase; masks are frozen afterwards
+    scope: str = 'layer'  # 'layer': each tensor reaches target; 'global': all managed weights together
+    band: float = 0.1  # δ: hysteresis half-width relative to q; a = (1-δ)q, b = (1+δ)q
+    gamma: float = 1e-4  # σ(k) = (1 + gamma*k)^(-power)
+    power: float = 1.0
+    s_init: float = 0.0  # scheduled sparsity at step 0 (fraction)
+    seed: int = 0  # seed of the update-decision generator; same on every rank
+    exclude_first: bool = False  # keep the first conv dense
+    exclude_detect: bool = False  # keep the Detect output convs dense
+    sync_masks: bool = False  # broadcast masks from rank 0 after every update (DDP)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f'DNS target sparsity must be in (0, 1), got {self.target}')
+        if not (isinstance(self.surgery_steps, int) and self.surgery_steps >= 1):
+            raise ValueError(f'DNS surgery_steps must be an integer >= 1, got {self.surgery_steps!r}')
+        if self.scope not in SCOPES:
+            raise ValueError(f"DNS scope must be 'layer' or 'global', got {self.scope!r}")
+        if not 0.0 <= self.band < 1.0:
+            raise ValueError(f'DNS band δ must be in [0, 1), got {self.band}')
+        if not self.gamma >= 0.0:
+            raise ValueError(f'DNS gamma must be >= 0, got {self.gamma}')
+        if not self.power > 0.0:
+            raise ValueError(f'DNS power must be > 0, got {self.power}')
+        if not 0.0 <= self.s_init <= self.target:
+            raise ValueError(f'DNS initial sparsity must be in [0, target={self.target}], got {self.s_init}')
+
+
+class DNS:
+    """Dynamic Network Surgery on the Conv2d/Linear weights of any nn.Module (see the module docstring).
+
+    Args (fractions, counts in optimizer steps): target sparsity; surgery_steps; scope 'layer' | 'global';
+    band δ; gamma, power of σ(k); s_init (None = the model's current fraction of zero weights); seed;
+    exclude_first, exclude_detect (as in utils.sparsity.prune); sync_masks (DDP, see module docstring).
+    Construct after the model is on its device. Initial masks keep every non-zero weight.
+    """
+
+    def __init__(self, model: nn.Module, target: float, surgery_steps: int, *, scope: str = 'layer',
+                 band: float = 0.1, gamma: float = 1e-4, power: float = 1.0, s_init: float | None = 0.0,
+                 seed: int = 0, exclude_first: bool = False, exclude_detect: bool = False,
+                 sync_masks: bool = False) -> None:
+        self.cfg = DNSConfig(target=target, surgery_steps=surgery_steps, scope=scope, band=band, gamma=gamma,
+                             power=power, s_init=0.0 if s_init is None else s_init, seed=seed,
+                             exclude_first=exclude_first, exclude_detect=exclude_detect, sync_masks=sync_masks)
+        layers = prunable_layers(model, exclude_first=exclude_first, exclude_detect=exclude_detect)
+        if not layers:
+            raise ValueError('DNS found no prunable Conv2d/Linear layers in the model')
+        self.layer_names = [name for name, _ in layers]
+        self.names = [f'{name}.weight' if name else 'weight' for name in self.layer_names]  # no 'module.' prefix
+        self.modules = [module for _, module in layers]
+        weights = self._weights()
+        # Masks are 0/1 in the weight's dtype: multiplying by them is several times faster than by bool.
+        self.masks = [(w.detach() != 0).to(w.dtype) for w in weights]
+        self.pruned = [torch.zeros_like(w) for w in weights]  # W where T == 0
+        self.step = 0  # optimizer steps taken
+        self.frozen = False  # True after the final cut: masks fixed, `pruned` dropped
+        self.generator = torch.Generator().manual_seed(seed)
+        self._in_step = False  # True between before_step() and after_step(): parameters hold dense W
+        self.reset_counters()
+        if s_init is None:
+            self.cfg = replace(self.cfg, s_init=min(self.sparsity, target))
+
+    # ---- the two hooks around optimizer.step() ----
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Give the masked entries their values back (parameters <- dense W) so the optimizer updates all of W.
+
+        Call once per optimizer step, after the last backward (and after scaler.unscale_/clipping).
+        """
+        if not self.frozen:
+            torch._foreach_add_(self._weights(), self.pruned)  # masked entries are 0 in W ⊙ T, kept ones 0 in pruned
+        self._in_step = True
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Count the step; during surgery maybe update the masks (probability σ(k)); parameters <- W ⊙ T.
+
+        At step `surgery_steps` the exact final cut is made and the masks are frozen.
+        """
+        if not self._in_step:
+            raise RuntimeError('DNS.after_step() without before_step(): call dns.before_step() before optimizer.step()')
+        self.step += 1
+        weights = self._weights()
+        if not self.frozen:
+            if self._draw_update():
+                self._update_masks(weights, self.scheduled_sparsity)
+            if self.step >= self.cfg.surgery_steps:
+                self._final_cut(weights)
+        self._mask_weights(weights)
+        self._in_step = False
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """End the surgery now (e.g. training stops early): exact cut to the target, masks frozen, weights masked."""
+        if self.frozen:
+            return
+        if self._in_step:
+            raise RuntimeError('DNS.finish() inside an optimizer step: call it after dns.after_step()')
+        weights = self._weights()
+        torch._foreach_add_(weights, self.pruned)  # dense W
+        self._final_cut(weights)
+        apply_masks(self.modules, self.masks)
+
+    # ---- surgery ----
+
+    @property
+    def scheduled_sparsity(self) -> float:
+        """s_k: the sparsity the schedule asks for at the current step (fraction)."""
+        return cubic_schedule(self.step, self.cfg.surgery_steps, self.cfg.target, self.cfg.s_init)
+
+    def _draw_update(self) -> bool:
+        """One uniform draw per surgery step (keeps all ranks' generators in lock-step); rank 0's draw decides."""
+        u = torch.rand(1, generator=self.generator)
+        if _distributed():
+            u = u.to(self.masks[0].device)
+            dist.broadcast(u, src=0)
+        return float(u) < update_probability(self.step, self.cfg.gamma, self.cfg.power)
+
+    def _update_masks(self, weights: list[Tensor], amount: float) -> None:
+        """Hysteresis update of every mask around the magnitude threshold q for sparsity `amount`."""
+        q = magnitude_threshold([w.detach() for w in weights], amount, self.cfg.scope)
+        d = self.cfg.band
+        self._set_masks([mask_rule(w, (1 - d) * qi, (1 + d) * qi, m) for w, m, qi in zip(weights, self.masks, q)])
+
+    def _final_cut(self, weights: list[Tensor]) -> None:
+        """Exact cut to the target (see `exact_cut`), then freeze: later steps only re-apply the masks."""
+        self._set_masks(exact_cut([w.detach() for w in weights], self.masks, self.cfg.target, self.cfg.scope))
+        self.frozen = True
+        self.pruned = []  # frozen masked entries never return: their values are no longer needed
+
+    def _set_masks(self, new: list[Tensor]) -> None:
+        """Replace the masks by bool masks `new` (rank 0's if sync_masks), counting pruned/spliced entries."""
+        for i, (mask, keep) in enumerate(zip(self.masks, new)):
+            old = mask.bool()
+            self._pruned_count[i] += (old & ~keep).sum()
+            self._spliced_count[i] += (keep & ~old).sum()
+            mask.copy_(keep)
+        if self.cfg.sync_masks and _distributed():
+            for mask in self.masks:
+                dist.broadcast(mask, src=0)
+
+    def _mask_weights(self, weights: list[Tensor]) -> None:
+        """parameters <- W ⊙ T; during surgery first keep the masked values in `pruned` (pruned = W - W ⊙ T).
+
+        This per-step swap multiplies by the 0/1 masks with one foreach kernel rather than calling
+        utils.sparsity.apply_masks (bool masked_fill_): about 5 ms instead of 70 ms per step on yolov5s with one
+        CPU thread. Everything that masks a model outside the step (finish, apply_to, load_state_dict) uses
+        apply_masks, the project's mask applier.
+        """
+        if self.frozen:
+            torch._foreach_mul_(weights, self.masks)
+            return
+        torch._foreach_copy_(self.pruned, weights)
+        torch._foreach_mul_(weights, self.masks)
+        torch._foreach_sub_(self.pruned, weights)
+
+    def _weights(self) -> list[Tensor]:
+        return [module.weight for module in self.modules]
+
+    # ---- other models (EMA) ----
+
+    @torch.no_grad()
+    def apply_to(self, model: nn.Module) -> None:
+        """Zero, in place, the masked entries of a model with the same layer names (the EMA copy, a half copy)."""
+        found = dict(unwrap_model(model).named_modules())
+        modules, masks = [], []
+        for name, mask in zip(self.layer_names, self.masks):
+            module = found.get(name)
+            weight = getattr(module, 'weight', None)
+            if weight is None or weight.shape != mask.shape:
+                raise ValueError(f'DNS.apply_to: model has no weight {name}.weight of shape {tuple(mask.shape)}')
+            modules.append(module)
+            masks.append(mask.to(weight.device, weight.dtype))
+        apply_masks(modules, masks)
+
+    # ---- reports ----
+
+    def masks_by_name(self) -> dict[str, Tensor]:
+        """Bool keep-masks (True = kept) keyed by parameter name, e.g. 'model.0.conv.weight'."""
+        return {name: mask.bool() for name, mask in zip(self.names, self.masks)}
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of masked entries over all DNS-managed weights."""
+        kept = int(torch.stack([mask.count_nonzero() for mask in self.masks]).sum())
+        total = sum(mask.numel() for mask in self.masks)
+        return 1.0 - kept / total
+
+    def reset_counters(self) -> None:
+        """Start a new report period for the pruned/spliced counters."""
+        self._pruned_count = [torch.zeros((), dtype=torch.long, device=m.device) for m in self.masks]
+        self._spliced_count = [torch.zeros((), dtype=torch.long, device=m.device) for m in self.masks]
+
+    def summary(self) -> dict[str, float | int]:
+        """For results.csv: sparsity (fraction), pruned and spliced entry counts since the last reset_counters()."""
+        return {'sparsity': self.sparsity,
+                'pruned': int(sum(int(c) for c in self._pruned_count)),
+                'spliced': int(sum(int(c) for c in self._spliced_count))}
+
+    def layer_table(self) -> str:
+        """Per-layer table: name, shape, sparsity, pruned and spliced since the last reset_counters(), total."""
+        rows = [f"{'layer':<40}{'shape':>22}{'sparsity':>10}{'pruned':>10}{'spliced':>10}"]
+        for name, mask, p, s in zip(self.names, self.masks, self._pruned_count, self._spliced_count):
+            shape = 'x'.join(str(d) for d in mask.shape)
+            rows.append(f'{name:<40}{shape:>22}{1 - int(mask.count_nonzero()) / mask.numel():>10.1%}{int(p):>10}{int(s):>10}')
+        total = self.summary()
+        phase = 'frozen' if self.frozen else f'surgery {self.step}/{self.cfg.surgery_steps}'
+        rows.append(f"{'total (' + phase + ')':<40}{sum(m.numel() for m in self.masks):>22}"
+                    f"{total['sparsity']:>10.1%}{total['pruned']:>10}{total['spliced']:>10}")
+        return '\n'.join(rows)
+
+    # ---- checkpoints (--resume) ----
+
+    def state_dict(self) -> dict:
+        """Compact CPU state: bool masks and masked values by parameter name, step, frozen, config, RNG state."""
+        masks = {name: mask.bool().cpu() for name, mask in zip(self.names, self.masks)}
+        pruned = {} if self.frozen else {name: values[mask == 0].cpu()
+                                         for name, values, mask in zip(self.names, self.pruned, self.masks)}
+        return {'masks': masks, 'pruned_values': pruned, 'step': self.step, 'frozen': self.frozen,
+                'config': asdict(self.cfg), 'rng': self.generator.get_state()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()` (its config replaces this one's); the model's masked entries are re-zeroed."""
+        masks = state['masks']
+        if set(masks) != set(self.names):
+            raise ValueError(f'DNS state holds masks for {len(masks)} weights that do not match this model '
+                             f'({len(self.names)} prunable weights); check exclude_first/exclude_detect')
+        for name, mask in zip(self.names, self.masks):
+            if masks[name].shape != mask.shape:
+                raise ValueError(f'DNS state mask {name} has shape {tuple(masks[name].shape)}, model {tuple(mask.shape)}')
+        self.cfg = DNSConfig(**state['config'])
+        self.step, self.frozen, self._in_step = int(state['step']), bool(state['frozen']), False
+        self.generator.set_state(state['rng'])
+        for name, mask in zip(self.names, self.masks):
+            mask.copy_(masks[name])
+        if self.frozen:
+            self.pruned = []
+        else:
+            self.pruned = [torch.zeros_like(w) for w in self._weights()]
+            for name, values, mask in zip(self.names, self.pruned, self.masks):
+                values.masked_scatter_(mask == 0, state['pruned_values'][name].to(values.device, values.dtype))
+        apply_masks(self.modules, self.masks)
+        self.reset_counters()
