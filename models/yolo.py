@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, DWConv, Focus
+from utils.autoanchor import check_anchor_order
 from utils.general import LOGGER, make_divisible, yaml_load
 from utils.torch_utils import fuse_conv_and_bn, model_info, scale_img
 
@@ -153,8 +154,8 @@ class DetectionModel(BaseModel):
             m.inplace = self.inplace
             with torch.no_grad():
                 m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
-            _check_anchor_order(m)
             m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> stride units
+            check_anchor_order(m)
             self.stride = m.stride
             self._initialize_biases()
         initialize_weights(self)
@@ -207,16 +208,6 @@ class DetectionModel(BaseModel):
 
 
 Model = DetectionModel  # name used by YOLOv5 <= v6.1 checkpoints (pickles reference models.yolo.Model)
-
-
-def _check_anchor_order(m: Detect) -> None:
-    """Anchors must grow with stride; reverse them when their order disagrees."""
-    a = m.anchors.prod(-1).mean(-1).view(-1)
-    da = a[-1] - a[0]
-    ds = m.stride[-1] - m.stride[0]
-    if da and (da.sign() != ds.sign()):
-        LOGGER.info('AutoAnchor: Reversing anchor order')
-        m.anchors[:] = m.anchors.flip(0)
 
 
 def initialize_weights(model: nn.Module) -> None:
