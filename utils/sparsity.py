@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,8 @@ _HI_BITS = 16  # radix select: first pass on the high 16 bits of the float32 pat
 
 def l1_importance(weight: Tensor) -> Tensor:
     """L1 magnitude criterion: |weight| as a new flat float32 tensor (computed in float32 for FP16 weights too)."""
-    return weight.detach().abs().float().flatten()
+    w = weight.detach()
+    return (w.abs() if w.dtype == torch.float32 else w.float().abs_()).view(-1)  # FP16: one cast, abs in place
 
 
 # ----------------------------------------------------------------------------------------------- layer choice
@@ -102,16 +103,22 @@ def _scores(tensor: Tensor, importance: Importance) -> Tensor:
     return s.contiguous().view(-1)
 
 
-def _kth_smallest(tensors: Sequence[Tensor], k: int, importance: Importance) -> tuple[float, int, int]:
-    """The k-th smallest score (k >= 1, 1-based) over all `tensors` together, exact.
+def _score_source(tensors: Sequence[Tensor], importance: Importance) -> Callable[[], Iterable[Tensor]]:
+    """Callable yielding each tensor's flat scores; a single tensor's scores are computed once and reused,
+    a group's are recomputed on every pass so that the model's scores are never all held at once."""
+    if len(tensors) == 1:
+        cached = [_scores(tensors[0], importance)]
+        return lambda: cached
+    return lambda: (_scores(t, importance) for t in tensors)
+
+
+def _kth_smallest(scores: Callable[[], Iterable[Tensor]], k: int) -> tuple[float, int, int]:
+    """The k-th smallest score (k >= 1, 1-based) over a group of score tensors, exact.
 
     Returns (q, below, equal): q and how many scores are < q and == q. Two-pass radix select on float32 bit
-    patterns: a histogram of the high 16 bits finds the bucket holding the k-th score, a histogram of the low
-    16 bits inside that bucket finds the score itself. Scores are computed per tensor and pass, never concatenated
-    (a single tensor's scores are computed once).
+    patterns (non-negative floats order like their int32 bits): a histogram of the high 16 bits finds the bucket
+    holding the k-th score, a histogram of the low 16 bits inside that bucket finds the score itself.
     """
-    cached = [_scores(tensors[0], importance)] if len(tensors) == 1 else None
-    scores = (lambda: cached) if cached else (lambda: (_scores(t, importance) for t in tensors))
     n_hi, n_lo = 1 << (31 - _HI_BITS), 1 << _HI_BITS  # the sign bit is 0 for non-negative scores
     hist = torch.zeros(n_hi, dtype=torch.int64)
     for s in scores():
@@ -138,11 +145,11 @@ def _group_masks(tensors: Sequence[Tensor], k: int, importance: Importance) -> l
     """
     if k == 0:
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
-    q, below, equal = _kth_smallest(tensors, k, importance)
+    scores = _score_source(tensors, importance)
+    q, below, equal = _kth_smallest(scores, k)
     quota = k - below  # how many of the `equal` entries tied at q are pruned, in order
     masks = []
-    for t in tensors:
-        s = _scores(t, importance)
+    for t, s in zip(tensors, scores()):
         if quota == equal:  # all ties go (the usual case): no positions needed
             drop = s <= q
         else:
@@ -188,7 +195,7 @@ def magnitude_threshold(tensors: Sequence[Tensor],
 
     def q(group: Sequence[Tensor]) -> float:
         k = round(amount * sum(t.numel() for t in group))
-        return _kth_smallest(group, k, importance)[0] if k else 0.0
+        return _kth_smallest(_score_source(group, importance), k)[0] if k else 0.0
 
     if scope == 'layer':
         return [q([t]) for t in tensors]
