@@ -288,7 +288,8 @@ def test_hyp_files_have_upstream_keys_and_values():
     for h in hyps.values():
         assert list(h) == HYP_KEYS
     assert (hyps['low']['lrf'], hyps['low']['cls'], hyps['low']['obj'], hyps['low']['scale']) == (0.01, 0.5, 1.0, 0.5)
-    assert (hyps['med']['lrf'], hyps['med']['scale'], hyps['med']['mixup'], hyps['med']['copy_paste']) == (.1, .9, .1, 0)
+    med = hyps['med']
+    assert (med['lrf'], med['scale'], med['mixup'], med['copy_paste']) == (0.1, 0.9, 0.1, 0.0)
     assert (hyps['high']['mixup'], hyps['high']['copy_paste'], hyps['high']['obj']) == (0.1, 0.1, 0.7)
 
 

@@ -41,7 +41,6 @@ IMG_FORMATS = 'bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 
 VID_FORMATS = 'asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv'
 CACHE_VERSION = 'sparse-yolov5-labels-1'  # change when verification rules or the cache layout change
 GENERATORS: dict[str, Callable[[Path], Path]] = {'shapes': generate_shapes_dataset}  # data yaml `generator:` key
-DATASETS_DIR = ROOT / 'datasets'  # where the repo's data yamls keep their sets (gitignored)
 
 # per-image verification outcome codes (stored in the cache)
 OK, MISSING, EMPTY, CORRUPT = 0, 1, 2, 3
@@ -320,7 +319,8 @@ def labels_to_class_weights(labels: list[np.ndarray], nc: int = 80) -> torch.Ten
     return torch.from_numpy(weights).float()
 
 
-def labels_to_image_weights(labels: list[np.ndarray], nc: int = 80, class_weights: np.ndarray | None = None) -> np.ndarray:
+def labels_to_image_weights(labels: list[np.ndarray], nc: int = 80,
+                            class_weights: np.ndarray | None = None) -> np.ndarray:
     """Per-image weight = sum over its objects of their class weight, (n_images,)."""
     cw = np.ones(nc) if class_weights is None else np.asarray(class_weights, np.float64).reshape(nc)
     counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in labels]).reshape(-1, nc)
@@ -371,7 +371,8 @@ class LoadImagesAndLabels(Dataset):
         if not good.any():
             raise FileNotFoundError(f'{prefix}No usable images in {path}: all {len(status)} are corrupt (see warnings)')
         if augment and counts['found'] == 0:
-            raise FileNotFoundError(f'{prefix}No labels found for {path} (expected in {Path(self.label_files[0]).parent}), '
+            lb_dir = Path(self.label_files[0]).parent
+            raise FileNotFoundError(f'{prefix}No labels found for {path} (expected in {lb_dir}), '
                                     'can not start training')
 
         splits = np.split(arrays['labels'], np.cumsum(arrays['n_labels'])[:-1])
@@ -759,7 +760,7 @@ class LoadStreams:
         for i, s in enumerate(self.sources):
             cap = cv2.VideoCapture(int(s) if s.isnumeric() else s)
             if not cap.isOpened():
-                raise ConnectionError(f'Failed to open stream {s}: check the camera index / URL and that it is reachable')
+                raise ConnectionError(f'Failed to open stream {s}: check the camera index or URL')
             w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps[i] = max((fps if math.isfinite(fps) else 0) % 100, 0) or 30.0
@@ -776,7 +777,7 @@ class LoadStreams:
         self.rect = np.unique(shapes, axis=0).shape[0] == 1  # same shapes: minimal padding is possible
         self.auto = auto and self.rect
         if not self.rect:
-            LOGGER.warning('WARNING ⚠️ Stream shapes differ. For optimal performance supply similarly-shaped streams.')
+            LOGGER.warning('WARNING ⚠️ Stream shapes differ; similarly-shaped streams run faster (less padding).')
         self.count = -1
 
     def _update(self, i: int, cap: cv2.VideoCapture, stream: str) -> None:

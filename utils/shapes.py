@@ -94,7 +94,8 @@ def boxes_to_yolo(boxes: np.ndarray, h: int, w: int) -> str:
     """(n, 5) [cls, x1, y1, x2, y2] pixels -> label file text ``cls xc yc w h`` normalized, 6 decimals."""
     lines = []
     for c, x1, y1, x2, y2 in boxes:
-        lines.append(f'{int(c)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}')
+        xc, yc, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
+        lines.append(f'{int(c)} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}')
     return '\n'.join(lines) + ('\n' if lines else '')
 
 
