@@ -35,7 +35,7 @@ from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_pat
                            set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
 from utils.sparsity import SparsityReport
-from utils.torch_utils import DeviceError, device_info, prune, select_device, time_sync
+from utils.torch_utils import DeviceError, device_info, prune, select_device, sparsity, time_sync
 
 SHAPES_WEIGHTS = Path('data/weights/yolov5n-shapes.pt')  # the project's own detector, relative to ROOT
 STREAM_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
@@ -59,7 +59,7 @@ class DetectResult:
     seen: int = 0  # images/frames processed
     skipped: int = 0  # unreadable files skipped
     speed: tuple[float, float, float] = (0.0, 0.0, 0.0)  # ms per image: pre-process, inference, NMS
-    sparsity: SparsityReport | None = None  # after --prune, the achieved sparsity
+    sparsity: SparsityReport | None = None  # of the model's weights (after --prune when given)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -106,14 +106,19 @@ def class_names(model: nn.Module, data: str | Path | None) -> dict[int, str]:
     return {i: str(i) for i in range(nc)}
 
 
-def load_model(weights: list[str], device: torch.device, half: bool, prune_amount: float | None,
-               prune_scope: str) -> tuple[nn.Module, SparsityReport | None]:
-    """Load (Ensemble for several files) in eval mode, prune the unfused weights if asked, then fuse Conv+BN.
+def load_model(weights: list[str], device: torch.device, half: bool, prune_amount: float = 0.0,
+               prune_scope: str = 'layer') -> tuple[nn.Module, SparsityReport]:
+    """Load (Ensemble for several files) in eval mode, prune the unfused weights if ``prune_amount`` > 0, fuse Conv+BN.
 
-    Pruning before fusing ranks the trained conv weights (what a pruned checkpoint holds); fusing keeps zeros zero.
+    Pruning before fusing ranks the trained conv weights (what a pruned checkpoint holds; val.py does the same);
+    fusing keeps zeros zero. Returns the model and its sparsity (logged by prune(), or here when not pruning).
     """
     model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
-    report = prune(model, prune_amount, prune_scope) if prune_amount is not None else None
+    if prune_amount:
+        report = prune(model, prune_amount, prune_scope)
+    else:
+        report = sparsity(model)
+        LOGGER.info(f'Model {report}')
     for m in model if isinstance(model, Ensemble) else [model]:
         if hasattr(m, 'fuse'):
             m.fuse()
@@ -209,11 +214,11 @@ def run(
         half: bool = False,  # use FP16 half-precision inference (CUDA only)
         dnn: bool = False,  # use OpenCV DNN for ONNX inference (accepted; .pt weights only here)
         vid_stride: int = 1,  # video frame-rate stride
-        prune: float | None = None,  # prune this fraction of the conv weights after loading, 0 <= prune < 1
+        prune: float = 0.0,  # prune this fraction of the conv weights after loading, 0 <= prune < 1 (0: no pruning)
         prune_scope: str = 'layer',  # 'layer': that fraction of every layer; 'global': one threshold for all
 ) -> DetectResult:
     """Detect objects in ``source``; returns a DetectResult (save_dir, per-image detections in original-image
-    pixels, counts, speed in ms per image, sparsity after --prune).
+    pixels, counts, speed in ms per image, weight sparsity).
 
     Raises FileNotFoundError (missing source/weights), CheckpointError, DeviceError, DownloadError, ConnectionError
     (a webcam/stream that does not answer); ``main`` turns them into one 'ERROR: ...' line.
@@ -323,7 +328,7 @@ def run(
                     f'{(1, 3, *imgsz)}' % result.speed)
     if save_txt or save_img:
         n = len(list(save_dir.glob('labels/*.txt')))
-        s = f"\n{n} label{'s' * (n != 1)} saved to {save_dir / 'labels'}" if save_txt else ''
+        s = f"\n{n} labels saved to {save_dir / 'labels'}" if save_txt else ''  # upstream's words, even for 1
         LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}{s}")
     if update:
         mb = strip_optimizer(weights[0])
@@ -395,7 +400,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (ignored for .pt)')
     parser.add_argument('--vid-stride', type=_positive_int, default=1, help='video frame-rate stride')
-    parser.add_argument('--prune', type=_prune_amount, default=None, metavar='AMOUNT',
+    parser.add_argument('--prune', type=_prune_amount, default=0.0, metavar='AMOUNT',
                         help='after loading, zero this fraction of the smallest conv weights, 0 <= AMOUNT < 1')
     parser.add_argument('--prune-scope', choices=('layer', 'global'), default='layer',
                         help="'layer': AMOUNT of every layer; 'global': one magnitude threshold over all layers")

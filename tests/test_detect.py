@@ -99,7 +99,7 @@ def test_defaults_match_upstream():
     opt = detect.parse_opt([])
     assert opt.imgsz == [640, 640] and opt.conf_thres == 0.25 and opt.iou_thres == 0.45 and opt.max_det == 1000
     assert opt.project.endswith('runs/detect') and opt.name == 'exp' and opt.line_thickness == 3
-    assert opt.vid_stride == 1 and opt.prune is None and opt.prune_scope == 'layer'
+    assert opt.vid_stride == 1 and opt.prune == 0.0 and opt.prune_scope == 'layer'
     assert opt.weights == [detect.default_weights()]
     assert Path(opt.source) == ROOT / 'data/images'
     assert detect.parse_opt(['--img', '320', '256']).imgsz == [320, 256]
@@ -139,6 +139,7 @@ def test_finds_shapes_with_right_class_and_labels_match_geometry(weights, scene,
     r = detect.run(weights=weights, source=src, imgsz=256, project=tmp_path, save_txt=True, save_conf=True,
                    save_crop=True)
     assert r.save_dir == tmp_path / 'exp' and r.seen == 1 and r.skipped == 0
+    assert r.sparsity.prunable < 1e-4 and any(s.startswith('Model sparsity 0.0% of prunable weights') for s in log)
     d = r.detections[0]
     assert d.path == str(src) and d.shape == (180, 320) and d.frame == 0
     for cls, *box in true:  # the most confident detection on each object has the object's class
@@ -164,7 +165,7 @@ def test_finds_shapes_with_right_class_and_labels_match_geometry(weights, scene,
     line = next(s for s in log if s.startswith('image 1/1 '))
     assert line.startswith(f'image 1/1 {src}: 160x256 ') and '1 triangle, ' in line and line.endswith('ms')
     assert any(s.startswith('Speed: ') and s.endswith('per image at shape (1, 3, 256, 256)') for s in log)
-    assert any(s.startswith('Results saved to') and s.endswith(f"1 label saved to {r.save_dir / 'labels'}")
+    assert any(s.startswith('Results saved to') and s.endswith(f"1 labels saved to {r.save_dir / 'labels'}")
                for s in log)
 
 
@@ -207,6 +208,51 @@ def test_video_end_to_end(weights, tmp_path, log):
     labels = sorted(p.name for p in (r.save_dir / 'labels').glob('*.txt'))
     assert labels == sorted(f'clip_{k}.txt' for k in range(1, n + 1))  # the triangle is found in every frame
     assert any(s.startswith(f'video 1/1 (1/{n}) {src}: ') for s in log)
+
+
+def test_streams_batch_video_and_labels(weights, tmp_path, log, monkeypatch):
+    """The webcam/stream branch, with a deterministic stand-in for LoadStreams: 2 sources x 3 frames."""
+    from utils.augmentations import letterbox
+    frame, _ = draw_scene(128, 192, [(TRIANGLE, (40, 20, 120, 110), (20, 200, 60))])
+
+    class FakeStreams:
+        mode = 'stream'
+
+        def __init__(self, sources, img_size, stride, auto, vid_stride):
+            self.sources, self.fps, self.count, self.closed = ['cam0', 'cam1'], [12.0, 12.0], -1, False
+            self.img_size, self.stride = img_size, stride
+
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            self.count += 1
+            if self.count == 3:
+                raise StopIteration
+            im0 = [frame.copy(), frame.copy()]
+            im = np.stack([letterbox(x, self.img_size, stride=self.stride)[0] for x in im0])
+            return self.sources, np.ascontiguousarray(im[..., ::-1].transpose(0, 3, 1, 2)), im0, None, ''
+
+        def close(self):
+            self.closed = True
+            streams.append(self)
+
+    streams = []
+    monkeypatch.setattr(detect, 'LoadStreams', FakeStreams)
+    r = detect.run(weights=weights, source='0', imgsz=128, project=tmp_path, save_txt=True)
+    assert streams and streams[0].closed
+    assert r.seen == 6 and r.detections == []  # nothing kept for (endless) streams
+    for cam in ('cam0', 'cam1'):
+        cap = cv2.VideoCapture(str(r.save_dir / f'{cam}.mp4'))
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        cap.release()
+        labels = sorted(p.name for p in (r.save_dir / 'labels').glob(f'{cam}_*.txt'))
+        assert labels == [f'{cam}_{k}.txt' for k in range(3)]  # <source>_<frame count>.txt like upstream
+    lines = [s for s in log if s.startswith('0: 96x128 1 triangle, 1: 96x128 1 triangle, ')]  # one line per batch
+    assert len(lines) == 3
 
 
 def test_corrupt_file_in_folder_is_skipped_and_counted(weights, scene, tmp_path, log):
