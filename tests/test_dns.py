@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+import multiprocessing
 import socket
 
 import pytest
@@ -108,7 +109,7 @@ def test_straight_through_gradient_and_dense_restore():
     assert torch.all(w[masked] == 0)  # between steps the parameter holds W ⊙ T
     F.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 10, (4,))).backward()
     assert w.grad[masked].abs().sum() > 0  # straight-through: masked entries get a gradient
-    kept_values, pruned_values = w[~masked].clone(), dns.pruned[1][masked].clone()
+    kept_values, pruned_values = w[~masked].clone(), dns.dense[1][masked].clone()
     dns.before_step()
     assert torch.equal(w[masked], pruned_values) and torch.all(w[masked] != 0)  # dense W is back
     assert torch.equal(w[~masked], kept_values)
@@ -234,7 +235,7 @@ def test_state_dict_round_trip_reproduces_masks_and_decisions():
             opt.step()
             opt.zero_grad()
             dns.after_step()
-        mismatches.append(any(not torch.equal(x, y) for x, y in zip(dns_a.masks, dns_b.masks)))
+        mismatches.append(any(not torch.equal(x, y) for x, y in zip(dns_a.masks(), dns_b.masks())))
     assert not any(mismatches)
     assert dns_a.frozen and dns_a.summary()['pruned'] > 0  # masks really changed after the resume point
     for p, q in zip(model_a.parameters(), model_b.parameters()):
@@ -259,7 +260,7 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
                       sync_masks=sync_masks)
             ddp = nn.parallel.DistributedDataParallel(model)
             train(ddp, dns, sgd(ddp), 15, seed=rank)  # each rank its own data
-            keep = torch.cat([m.flatten() for m in dns.masks]).to(torch.uint8)
+            keep = torch.cat([m.flatten() for m in dns.masks()]).to(torch.uint8)
             weights = torch.cat([p.detach().flatten() for p in model.parameters()])
             keeps, ws = [torch.empty_like(keep) for _ in range(world)], [torch.empty_like(weights) for _ in range(world)]
             dist.all_gather(keeps, keep)
@@ -278,4 +279,7 @@ def _free_port() -> int:
 
 
 def test_ddp_masks_identical_across_ranks():
-    mp.spawn(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True)
+    # forkserver with this module preloaded: torch is imported once, not once per rank (~2x faster than spawn),
+    # and the workers do not inherit this process's thread pools as a plain fork would
+    multiprocessing.set_forkserver_preload([__name__])
+    mp.start_processes(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True, start_method='forkserver')

@@ -1,0 +1,126 @@
+"""Step-time overhead and memory of Dynamic Network Surgery (utils/dns.py) on CPU, default yolov5s at 320 px, batch 2.
+
+Usage: python benchmarks/dns_bench.py [--cfg yolov5s.yaml] [--img 320] [--batch 2] [--iters 5] [--threads 1]
+
+One training step = forward, a surrogate loss (mean of squared raw outputs: the loss itself is not what is
+measured), backward, SGD (momentum, weight decay) step. Variants, each on its own copy of the same model and
+the same input batch:
+- plain:        no DNS;
+- dns-swap:     surgery phase, no mask update drawn (gamma huge, so sigma(k) ~ 0): the per-step cost of the swap
+                (restore dense W before optimizer.step, store masked values and re-mask after it);
+- dns-update:   surgery phase with a mask update every step (gamma = 0, sigma = 1): threshold q + hysteresis rule;
+- dns-frozen:   after the final cut (fine-tuning): re-mask only.
+Rounds interleave the variants (plain, swap, update, frozen, plain, ...) so CPU contention hits all alike; the
+median per variant is printed, plus the median time spent inside the two DNS hooks alone, as a fraction of the
+plain step (this is less noisy than the difference of two full step times).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from models.yolo import DetectionModel  # noqa: E402
+from utils.dns import DNS  # noqa: E402
+
+VARIANTS = ('plain', 'dns-swap', 'dns-update', 'dns-frozen')
+
+
+def parse_opt() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cfg', default='yolov5s.yaml', help='model yaml')
+    parser.add_argument('--img', type=int, default=320, help='square input size, pixels')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds')
+    parser.add_argument('--iters', type=int, default=5, help='timed rounds (one step of every variant each)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--target', type=float, default=0.5, help='DNS target sparsity')
+    parser.add_argument('--scope', default='layer', choices=('layer', 'global'))
+    return parser.parse_args()
+
+
+def make_variant(base: torch.nn.Module, name: str, target: float, scope: str):
+    """(model, optimizer, dns or None) for one variant, on a private copy of `base`."""
+    model = copy.deepcopy(base).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.937, weight_decay=5e-4, nesterov=True)
+    if name == 'plain':
+        return model, opt, None
+    gamma = {'dns-swap': 1e12, 'dns-update': 0.0, 'dns-frozen': 0.0}[name]
+    dns = DNS(model, target=target, surgery_steps=10 ** 9, scope=scope, gamma=gamma, s_init=target)
+    if name == 'dns-frozen':
+        dns.finish()
+    return model, opt, dns
+
+
+def step(model, opt, dns, imgs) -> tuple[float, float]:
+    """One training step; returns (step seconds, seconds inside the DNS hooks)."""
+    t0 = time.perf_counter()
+    loss = sum(p.float().pow(2).mean() for p in model(imgs))
+    loss.backward()
+    t1 = time.perf_counter()
+    if dns:
+        dns.before_step()
+    t2 = time.perf_counter()
+    opt.step()
+    opt.zero_grad()
+    t3 = time.perf_counter()
+    if dns:
+        dns.after_step()
+    t4 = time.perf_counter()
+    return t4 - t0, (t2 - t1) + (t4 - t3)
+
+
+def run(cfg: str = 'yolov5s.yaml', img: int = 320, batch: int = 2, warmup: int = 2, iters: int = 5,
+        threads: int = 1, target: float = 0.5, scope: str = 'layer') -> dict[str, tuple[float, float]]:
+    """Print and return {variant: (median step s, median hook s)}."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = DetectionModel(cfg)
+    imgs = torch.rand(batch, 3, img, img)
+    variants = {name: make_variant(base, name, target, scope) for name in VARIANTS}
+    times = {name: [] for name in VARIANTS}
+    for i in range(warmup + iters):
+        for name, (model, opt, dns) in variants.items():
+            t = step(model, opt, dns, imgs)
+            if i >= warmup:
+                times[name].append(t)
+
+    plain = statistics.median(t for t, _ in times['plain'])
+    nparams = sum(p.numel() for p in base.parameters())
+    print(f'{cfg} ({nparams / 1e6:.2f}M params), {img} px, batch {batch}, {threads} CPU thread(s), '
+          f'{iters} timed rounds after {warmup} warmup; DNS target {target} scope {scope}')
+    print(f"{'variant':<12}{'step ms':>10}{'ratio':>8}{'hooks ms':>10}{'hooks/plain':>13}")
+    result = {}
+    for name in VARIANTS:
+        s = statistics.median(t for t, _ in times[name])
+        h = statistics.median(h for _, h in times[name])
+        result[name] = (s, h)
+        print(f'{name:<12}{s * 1e3:>10.1f}{s / plain:>8.3f}{h * 1e3:>10.1f}{h / plain:>13.2%}')
+
+    dns = variants['dns-swap'][2]
+    mb = 2 ** 20
+    masks = sum(off.numel() * off.element_size() for off in dns.off) / mb
+    dense = sum(d.numel() * d.element_size() for d in dns.dense) / mb
+    state = dns.state_dict()
+    compact = sum(t.numel() * t.element_size() for part in ('masks', 'pruned_values') for t in state[part].values())
+    print(f'extra memory: masks {masks:.1f} MB + dense copies {dense:.1f} MB during surgery '
+          f'({masks:.1f} MB once frozen), over {sum(off.numel() for off in dns.off) / 1e6:.2f}M managed weights; '
+          f'state_dict {compact / mb:.1f} MB (bool masks + masked values)')
+    return result
+
+
+def main(opt: argparse.Namespace) -> None:
+    run(**vars(opt))
+
+
+if __name__ == '__main__':
+    main(parse_opt())
