@@ -270,7 +270,7 @@ def test_corrupt_file_in_folder_is_skipped_and_counted(weights, scene, tmp_path,
 @pytest.mark.parametrize('scope', ['layer', 'global'])
 def test_prune_reports_sparsity(weights, scene, tmp_path, log, scope):
     src, _ = scene
-    r = detect.run(weights=weights, source=src, imgsz=256, project=tmp_path, nosave=True, prune=0.3, prune_scope=scope)
+    r = detect.run(weights=weights, source=src, imgsz=128, project=tmp_path, nosave=True, prune=0.3, prune_scope=scope)
     assert f'{r.sparsity.prunable:.1%}' == '30.0%'
     assert any('sparsity 30.0% of prunable weights' in s for s in log)
     assert TRIANGLE in r.detections[0].boxes[:, 5].tolist()  # 30% of the smallest weights barely matter
