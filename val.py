@@ -64,6 +64,14 @@ SWEEP_COLUMNS = ('weights', 'scope', 'amount', 'sparsity_prunable', 'sparsity_al
 
 
 # ------------------------------------------------------------------------------------------------ model loading
+def _rel(p: Path) -> str:
+    """A path relative to the repo root when inside it (for messages)."""
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
 def resolve_weights(weights: str | Path | list | tuple | None) -> list[str]:
     """Weights files to load: as given, else the shipped DEFAULT_WEIGHTS, else [] (random-init yolov5n)."""
     if isinstance(weights, (str, Path)):
@@ -91,7 +99,7 @@ def load_unfused(weights: list[str], data: dict, single_cls: bool = False) -> nn
     if weights:
         model = attempt_load(weights if len(weights) > 1 else weights[0], device='cpu', fuse=False)
     else:
-        LOGGER.warning(f'WARNING ⚠️ no trained weights found ({DEFAULT_WEIGHTS.relative_to(ROOT)} missing, no '
+        LOGGER.warning(f'WARNING ⚠️ no trained weights found ({_rel(DEFAULT_WEIGHTS)} missing, no '
                        f'--weights given), evaluating a randomly initialised {Path(DEFAULT_CFG).stem} with nc={nc}')
         model = DetectionModel(DEFAULT_CFG, nc=nc).eval()
         model.names = dict(data['names'])
@@ -502,7 +510,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Validate a YOLOv5 model (optionally pruned) on a data set')
     parser.add_argument('--data', type=str, default=str(DEFAULT_DATA), help='dataset.yaml path')
     parser.add_argument('--weights', nargs='+', type=str, default=None,
-                        help=f'model path(s), several = ensemble (default {DEFAULT_WEIGHTS.relative_to(ROOT)} if '
+                        help=f'model path(s), several = ensemble (default {_rel(DEFAULT_WEIGHTS)} if '
                              f'present, else a random-init {Path(DEFAULT_CFG).stem})')
     parser.add_argument('--batch-size', type=_positive, default=32, help='batch size')
     parser.add_argument('--imgsz', '--img', '--img-size', type=_positive, default=640, help='inference size (pixels)')
