@@ -68,11 +68,17 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = _UNSAFE.search(msg)
-        what = m.group(1) if m else msg.strip().splitlines()[0][:200]
+        if not m:  # no refused global: the bytes are not a pickle torch can read (a text file, random bytes...)
+            why = re.search(r'WeightsUnpickler error:\s*(\S.*)', msg)
+            raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint'
+                                  f'{f" ({why.group(1).strip()})" if why else ""}') from None
+        what = m.group(1)
         if m and '.' not in what:  # torch names builtins without their module
             what = f'builtins.{what}'
         raise CheckpointError(f'refusing to load {path}: it references {what}, which is not part of a '
                               f'YOLOv5 checkpoint (only allow-listed torch/numpy/models.* classes are loaded)') from None
+    except (KeyError, IndexError, TypeError) as e:  # torch's unpickler on garbage, e.g. a short text file
+        raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({type(e).__name__} {e})') from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f'cannot read checkpoint {path}: {first}') from None
