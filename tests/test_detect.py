@@ -298,12 +298,14 @@ def test_user_errors_are_one_line(weights, tmp_path, args, words):
     assert msg.startswith('ERROR: ') and words in msg and '\n' not in msg
 
 
-def test_bad_checkpoint_is_one_line(tmp_path):
+@pytest.mark.parametrize('content', [b'not a checkpoint' * 100, b'hello\n', b''])
+def test_bad_checkpoint_is_one_line(tmp_path, content):
     bad = tmp_path / 'bad.pt'
-    bad.write_bytes(b'not a checkpoint' * 100)
+    bad.write_bytes(content)
     with pytest.raises(SystemExit) as e:
         detect.main(detect.parse_opt(['--weights', str(bad), '--project', str(tmp_path)]))
-    assert str(e.value.code).startswith('ERROR: ') and 'bad.pt' in str(e.value.code)
+    msg = str(e.value.code)
+    assert msg.startswith(f'ERROR: cannot read checkpoint {bad}') and '\n' not in msg
 
 
 @pytest.mark.slow
