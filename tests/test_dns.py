@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import multiprocessing
 import socket
@@ -251,7 +252,8 @@ def test_load_state_dict_rejects_other_model():
 # ---------------------------------------------------------------------------------------------- DDP (2 gloo ranks)
 def _ddp_worker(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))  # mismatched collectives fail, not hang
     try:
         for scope, sync_masks in (('layer', False), ('global', True)):
             torch.manual_seed(100 + rank)  # different init per rank: DDP's broadcast at wrap time must win
@@ -262,7 +264,8 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
             train(ddp, dns, sgd(ddp), 15, seed=rank)  # each rank its own data
             keep = torch.cat([m.flatten() for m in dns.masks()]).to(torch.uint8)
             weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-            keeps, ws = [torch.empty_like(keep) for _ in range(world)], [torch.empty_like(weights) for _ in range(world)]
+            keeps = [torch.empty_like(keep) for _ in range(world)]
+            ws = [torch.empty_like(weights) for _ in range(world)]
             dist.all_gather(keeps, keep)
             dist.all_gather(ws, weights)
             assert torch.equal(keeps[0], keeps[1]), f'{scope}: masks differ between ranks'

@@ -33,10 +33,10 @@ DNS never reads gradients, so it is indifferent to GradScaler's scaling; `scaler
 whatever else reads gradients (clipping). One `before_step()`/`after_step()` pair per optimizer step (not per
 backward); a step skipped by GradScaler still counts as a step.
 
-DDP: construct DNS on the raw or the wrapped model, before or after wrapping (the dense copy is only read at
-masked entries, kept entries always come from the live parameter, so DDP's initial broadcast is never undone). Every rank calls the hooks. Assumption:
-after DDP's gradient all-reduce and identical optimizer steps the weights are bit-identical on all ranks, so
-mask updates computed locally agree; the update decisions come from a generator seeded identically on all
+DDP: construct DNS on the raw or the wrapped model, before or after wrapping (the first before_step merges the
+live kept entries with the stored masked ones, so DDP's initial broadcast is kept). Every rank calls the hooks.
+Assumption: after DDP's gradient all-reduce and identical optimizer steps the weights are bit-identical on all
+ranks, so mask updates computed locally agree; the update decisions come from a generator seeded identically on all
 ranks and are also broadcast from rank 0. `sync_masks=True` additionally broadcasts the masks from rank 0
 after each update, for setups where that assumption may not hold.
 """
@@ -155,11 +155,12 @@ class DNS:
     The per-step swap exchanges storages instead of copying: before_step points the parameter at `dense`
     (`param.data = dense`, same shape, dtype and device, so autograd and DDP hooks are untouched), after_step
     writes W ⊙ T into the storage the parameter had, keeps the updated dense storage and points the parameter
-    back. One fused multiply-add per step: ~7 ms on yolov5s with one CPU thread (three in-place foreach passes,
-    restore/copy/mask, measured ~25 ms). The first before_step after construction or load_state_dict merges
-    in place instead (live kept entries + stored masked ones), so writes made before training starts (DDP's
-    broadcast at wrap time, loading weights) are kept. Between steps, write into the managed weights only
-    through DNS (load_state_dict); anything else written into them would be replaced by the dense copy.
+    back. One fused multiply-add per step: 12 ms on yolov5s with one (shared) CPU thread, where in-place
+    restore/copy/mask passes took 30 ms (micro-benchmark; benchmarks/dns_bench.py prints the hook time).
+    The first before_step after construction or load_state_dict merges in place instead (live kept entries +
+    stored masked ones), so writes made before training starts (DDP's broadcast at wrap time, loading weights)
+    are kept. Between steps, write into the managed weights only through DNS (load_state_dict): other writes
+    would be replaced by the dense copy.
     """
 
     def __init__(self, model: nn.Module, target: float, surgery_steps: int, *, scope: str = 'layer',
@@ -199,7 +200,8 @@ class DNS:
         if not self.frozen:
             weights = self._weights()
             if (weights[0].dtype, weights[0].device) != (self.off[0].dtype, self.off[0].device):
-                raise RuntimeError('model weights changed dtype/device after DNS was created: create DNS after model.to()')
+                raise RuntimeError('model weights changed dtype/device after DNS was created: '
+                                   'create DNS after model.to()')
             if self._fresh:  # W ⊙ T (live) + W_dense ⊙ (1 - T): keeps any write made to kept entries since
                 torch._foreach_addcmul_(weights, self.dense, self.off)
                 self._fresh = False
@@ -362,7 +364,8 @@ class DNS:
                              f'({len(self.names)} prunable weights); check exclude_first/exclude_detect')
         for name, off in zip(self.names, self.off):
             if masks[name].shape != off.shape:
-                raise ValueError(f'DNS state mask {name} has shape {tuple(masks[name].shape)}, model {tuple(off.shape)}')
+                raise ValueError(f'DNS state mask {name} has shape {tuple(masks[name].shape)}, '
+                                 f'model weight {tuple(off.shape)}')
         self.cfg = DNSConfig(**state['config'])
         self.step, self.frozen, self._in_step = int(state['step']), bool(state['frozen']), False
         self.generator.set_state(state['rng'])
