@@ -1,0 +1,282 @@
+"""Tests for train.py: flags and one-line errors (fast); end-to-end runs at 64 px on 12 images (slow):
+smoke outputs, interrupt + --resume, SIGTERM, non-finite loss, 2-process DDP (gloo), DNS fine-tuning + resume."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from models.common import C3, Conv
+from models.experimental import attempt_load
+from models.yolo import Detect, DetectionModel
+from utils.checkpoint import load
+from utils.dataloaders import check_dataset
+from utils.loss import ComputeLoss
+from utils.sparsity import prunable_layers
+from utils.train_utils import DNS_COLUMNS, RESULTS_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = 3  # batches per epoch: 12 training images, --batch-size 4
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> Path:
+    """A data yaml listing 12 training and 4 validation images of the embedded shapes set."""
+    d = check_dataset('shapes.yaml')  # generates the set offline on first use
+    tmp = tmp_path_factory.mktemp('tiny_data')
+    for split, n in (('train', 12), ('val', 4)):
+        files = sorted(Path(d[split]).glob('*.jpg'))[:n]
+        (tmp / f'{split}.txt').write_text('\n'.join(str(f) for f in files) + '\n')
+    f = tmp / 'tiny.yaml'
+    f.write_text(f'path: {tmp}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
+    return f
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    """train() asks torch for deterministic algorithms (as upstream); do not leak that into other tests."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def args(data: Path, project: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ['--data', str(data), '--imgsz', '64', '--batch-size', '4', '--epochs', str(epochs), '--workers', '0',
+            '--project', str(project), '--noplots', *extra]
+
+
+def run_main(argv: list[str]) -> int | str | None:
+    """train.main in this process; returns the SystemExit code (None when it returns normally)."""
+    try:
+        train.main(train.parse_opt(argv))
+    except SystemExit as e:
+        return e.code
+    return None
+
+
+def read_csv(f: Path) -> tuple[list[str], list[list[str]]]:
+    header, *rows = f.read_text().splitlines()
+    return [c.strip() for c in header.split(',')], [[c.strip() for c in r.split(',')] for r in rows]
+
+
+def signal_at(monkeypatch, ni_stop: int, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to this process when the loop reaches iteration ``ni_stop`` (hooked into the warmup call)."""
+    orig = train.warmup
+
+    def hook(optimizer, ni, *a):
+        if ni == ni_stop:
+            os.kill(os.getpid(), sig)
+        return orig(optimizer, ni, *a)
+
+    monkeypatch.setattr(train, 'warmup', hook)
+
+
+# ---------------------------------------------------------------------------------------------- fast: flags
+def test_parse_opt_defaults():
+    opt = train.parse_opt([])
+    assert (opt.weights, opt.cfg, opt.epochs, opt.batch_size, opt.imgsz) == ('', '', 30, 16, 256)
+    assert Path(opt.data).name == 'shapes.yaml' and Path(opt.hyp).name == 'hyp.scratch-low.yaml'
+    assert opt.freeze == [0] and opt.patience == 100 and opt.save_period == -1 and opt.optimizer == 'SGD'
+    assert Path(opt.project) == ROOT / 'runs/train' and opt.name == 'exp' and opt.resume is False
+    assert train.parse_opt(['--resume']).resume is True
+    assert train.parse_opt(['--cache']).cache == 'ram'
+    assert train.parse_opt(['--img', '320', '--freeze', '1', '2']).imgsz == 320
+    assert train.parse_opt(['--local-rank', '1']).local_rank == 1
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--batch-size', '-1'], 'AutoBatch'),
+    (['--batch-size', '0'], 'positive'),
+    (['--target-sparsity', '1.5'], '(0, 1)'),
+    (['--target-sparsity', '0'], '(0, 1)'),
+    (['--dns-band', '1'], '[0, 1)'),
+    (['--dns-scope', 'tensor'], 'invalid choice'),
+    (['--optimizer', 'RMSProp'], 'invalid choice'),
+    (['--cache', 'gpu'], 'invalid choice'),
+    (['--epochs', '0'], '>= 1'),
+])
+def test_bad_flag_values_are_argparse_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_opt(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'error: argument' in err and words in err
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--target-sparsity', '0.5'], '--target-sparsity needs --dns'),
+    (['--dns-scope', 'global'], '--dns-scope needs --dns'),
+    (['--prune-exclude-detect'], '--prune-exclude-detect needs --dns'),
+    (['--dns'], '--dns needs --target-sparsity'),
+    (['--dns', '--target-sparsity', '0.5', '--epochs', '2', '--dns-surgery-epochs', '3'], 'exceeds --epochs 2'),
+    (['--evolve'], 'not implemented'),
+    (['--resume', 'missing/last.pt'], 'not found'),
+])
+def test_invalid_combinations_are_one_line_errors(argv, words, tmp_path):
+    code = run_main([*argv, '--project', str(tmp_path)])
+    assert isinstance(code, str) and code.startswith('ERROR: ') and '\n' not in code and words in code
+    assert not list(tmp_path.iterdir())  # refused before any run folder was made
+
+
+def test_missing_weights_and_data_are_one_line_errors(tiny_data, tmp_path):
+    code = run_main(args(tiny_data, tmp_path, '--weights', str(tmp_path / 'nope.pt')))
+    assert isinstance(code, str) and code.startswith('ERROR: ') and 'nope.pt' in code and '\n' not in code
+    code = run_main(args(tmp_path / 'nothere.yaml', tmp_path))
+    assert isinstance(code, str) and code.startswith('ERROR: ') and 'nothere.yaml' in code
+
+
+# ---------------------------------------------------------------------------------------------- slow: runs
+@pytest.mark.slow
+def test_smoke_one_epoch_outputs(tiny_data, tmp_path):
+    assert run_main([a for a in args(tiny_data, tmp_path) if a != '--noplots']) is None
+    run = tmp_path / 'exp'
+    for f in ('weights/last.pt', 'weights/best.pt', 'results.csv', 'results.png', 'labels.jpg', 'opt.yaml',
+              'hyp.yaml', 'train_batch0.jpg', 'train_batch1.jpg', 'train_batch2.jpg'):
+        assert (run / f).is_file(), f
+    header, rows = read_csv(run / 'results.csv')
+    assert header == ['epoch', *RESULTS_COLUMNS]  # no sparsity column for a dense model
+    assert [r[0] for r in rows] == ['0'] and all(float(x) == float(x) for x in rows[0])
+    assert run.joinpath('results.csv').read_text().startswith('%20s,' % 'epoch')
+
+    ckpt = load(run / 'weights' / 'last.pt')
+    assert ckpt['epoch'] == -1 and ckpt['optimizer'] is None and ckpt['ema'] is None  # stripped like a release
+    assert type(ckpt['model']) is DetectionModel and next(ckpt['model'].parameters()).dtype == torch.float16
+    assert isinstance(ckpt['opt'], dict) and ckpt['opt']['imgsz'] == 64
+    assert all(not isinstance(v, Path) for v in ckpt['opt'].values())
+    model = attempt_load(run / 'weights' / 'last.pt')
+    assert type(model) is DetectionModel and model.names == {0: 'circle', 1: 'rectangle', 2: 'triangle'}
+    kinds = {type(m) for m in model.modules()}
+    assert {Conv, C3, Detect} <= kinds
+    y = model(torch.zeros(1, 3, 64, 64))[0]
+    assert y.shape[-1] == 8 and torch.isfinite(y).all()
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_continues_epochs(tiny_data, tmp_path, monkeypatch):
+    signal_at(monkeypatch, NB + 1)  # epoch 1, iteration 1
+    code = run_main(args(tiny_data, tmp_path, '--noval', epochs=2))
+    assert code == 128 + signal.SIGTERM
+    last = tmp_path / 'exp' / 'weights' / 'last.pt'
+    ckpt = load(last)
+    assert ckpt['epoch'] == 0 and ckpt['interrupted'] == {'epoch': 1, 'iteration': 1}
+    assert ckpt['optimizer'] is not None and ckpt['updates'] == NB + 1
+    assert isinstance(attempt_load(last), DetectionModel)
+    assert [r[0] for r in read_csv(tmp_path / 'exp' / 'results.csv')[1]] == ['0']
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+    monkeypatch.undo()
+    assert run_main(['--resume', str(last)]) is None
+    header, rows = read_csv(tmp_path / 'exp' / 'results.csv')
+    assert [r[0] for r in rows] == ['0', '1']  # epoch 1 appended to the same run
+    assert not (tmp_path / 'exp2').exists()
+    assert float(rows[1][header.index('x/lr1')]) > float(rows[0][header.index('x/lr1')])  # warmup went on
+    ckpt = load(last)
+    assert ckpt['epoch'] == -1 and ckpt['opt']['resume'] is True
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    class NanLoss(ComputeLoss):
+        """The real loss, made NaN from the first training iteration of epoch 1 on (validation untouched)."""
+        calls = 0
+
+        def __call__(self, p, targets):
+            loss, items = super().__call__(p, targets)
+            if torch.is_grad_enabled():
+                NanLoss.calls += 1
+                if NanLoss.calls > NB:
+                    loss = loss * float('nan')
+            return loss, items
+
+    monkeypatch.setattr(train, 'ComputeLoss', NanLoss)
+    code = run_main(args(tiny_data, tmp_path, '--noval', epochs=3))
+    last = tmp_path / 'exp' / 'weights' / 'last.pt'
+    assert code == f'ERROR: non-finite loss at epoch 1 iteration 0; last good checkpoint kept at {last}'
+    ckpt = load(last)
+    assert ckpt['epoch'] == 0 and ckpt['optimizer'] is not None  # the epoch-0 checkpoint, not overwritten
+    for m in (ckpt['model'], ckpt['ema']):
+        assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_leaves_loadable_last_pt(tiny_data, tmp_path):
+    cmd = [sys.executable, str(ROOT / 'train.py'), *args(tiny_data, tmp_path, '--noval', epochs=20)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / 'exp' / 'weights' / 'last.pt'
+    t = time.time()
+    while not last.exists() and p.poll() is None and time.time() - t < 120:
+        time.sleep(0.2)
+    assert last.exists(), p.stderr.read()[-2000:] if p.poll() is not None else 'no last.pt after 120 s'
+    p.send_signal(signal.SIGTERM)  # during epoch 1 or later
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert 'Training interrupted at epoch' in err and 'Traceback' not in err
+    ckpt = load(last)
+    assert ckpt['interrupted']['epoch'] >= 1 and ckpt['optimizer'] is not None
+    assert isinstance(attempt_load(last), DetectionModel)
+    assert not list(last.parent.glob('.*.tmp'))  # no half-written temp files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
+           str(ROOT / 'train.py'), *args(tiny_data, tmp_path, '--device', 'cpu', '--noval')]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = [d.name for d in tmp_path.iterdir() if d.is_dir()]
+    assert runs == ['exp']  # both ranks used rank 0's run folder
+    assert [r[0] for r in read_csv(tmp_path / 'exp' / 'results.csv')[1]] == ['0']
+    assert isinstance(attempt_load(tmp_path / 'exp' / 'weights' / 'last.pt'), DetectionModel)
+
+
+def conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach().float() for _, m in prunable_layers(model)]
+
+
+@pytest.mark.slow
+def test_dns_finetune_hits_target_and_resume_keeps_masks(tiny_data, tmp_path, monkeypatch, upstream_dir):
+    """Fine-tune the upstream yolov5n fixture with DNS to 50% sparsity (surgery in epoch 0, then frozen masks),
+    interrupted in epoch 1 and resumed: masks survive, saved weights are exactly zero where masked."""
+    signal_at(monkeypatch, NB + 1)
+    dns_args = ['--weights', str(upstream_dir / 'yolov5n-v7.0.pt'), '--dns', '--target-sparsity', '0.5',
+                '--dns-surgery-epochs', '1', '--noautoanchor']
+    assert run_main(args(tiny_data, tmp_path, *dns_args, epochs=2)) == 128 + signal.SIGTERM
+    last, best = tmp_path / 'exp' / 'weights' / 'last.pt', tmp_path / 'exp' / 'weights' / 'best.pt'
+    state = load(last)['dns']
+    assert state['frozen'] and state['step'] >= NB
+
+    monkeypatch.undo()
+    assert run_main(['--resume', str(last)]) is None
+    for f in last, best:
+        ckpt = load(f)
+        assert ckpt['dns']['frozen'] and (f == best or ckpt['dns']['step'] > state['step'])  # DNS steps went on
+        masks = ckpt['dns']['masks']
+        assert all(torch.equal(masks[k], state['masks'][k]) for k in masks)  # frozen masks came back unchanged
+        model = ckpt['model']
+        params = dict(model.named_parameters())
+        for name, keep in masks.items():
+            assert (params[name][~keep] == 0).all(), name  # masked weights exactly zero in the saved model
+        w = conv_weights(model)
+        zeros = sum(int((x == 0).sum()) for x in w) / sum(x.numel() for x in w)
+        assert abs(zeros - 0.5) <= 0.005, zeros
+    header, rows = read_csv(tmp_path / 'exp' / 'results.csv')
+    assert header == ['epoch', *RESULTS_COLUMNS, *DNS_COLUMNS]
+    assert [r[0] for r in rows] == ['0', '1']
+    assert abs(float(rows[-1][header.index('sparsity')]) - 0.5) <= 0.005
+    assert int(rows[0][header.index('dns/pruned')]) > 0

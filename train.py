@@ -1,0 +1,547 @@
+"""Train a YOLOv5 detector on a data set; optionally learn sparse weights with Dynamic Network Surgery (--dns).
+
+Usage (flags, output folders and numbers as upstream YOLOv5 v7.0):
+    python train.py                                            # yolov5n from scratch on the embedded shapes set
+    python train.py --data coco128.yaml --weights yolov5s.pt --img 640
+    python train.py --resume                                   # continue the latest run under --project
+    python train.py --weights best.pt --dns --target-sparsity 0.5    # fine-tune into a 50% sparse model
+    python -m torch.distributed.run --nproc_per_node 2 train.py --batch-size 32 ...   # DDP (NCCL, or gloo on CPU)
+
+Outputs in runs/train/exp*/: weights/last.pt and best.pt, results.csv, results.png, labels.jpg,
+train_batch0..2.jpg, hyp.yaml and opt.yaml.
+
+Project defaults that differ from upstream, so that `python train.py` finishes on a laptop CPU:
+--weights '' (from scratch) with --cfg models/yolov5n.yaml, --data data/shapes.yaml, --epochs 30, --imgsz 256.
+Not implemented: --evolve (error), --batch-size -1 AutoBatch (error), --quad (ignored with a note), --bucket.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from copy import deepcopy
+from pathlib import Path
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+import val as validate  # for end-of-epoch mAP
+from models.experimental import attempt_load
+from models.yolo import DetectionModel
+from utils.autoanchor import check_anchors
+from utils.checkpoint import CheckpointError, load, strip_optimizer
+from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
+from utils.downloads import DownloadError, attempt_download
+from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, intersect_dicts, set_logging,
+                           yaml_load, yaml_save)
+from utils.loss import ComputeLoss, scale_loss_gains
+from utils.metrics import fitness
+from utils.plots import plot_images, plot_labels, plot_results
+from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, init_seeds, select_device,
+                               smart_optimizer, sparsity, torch_distributed_zero_first)
+from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingError, any_rank, append_results,
+                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, multi_scale, opt_dict,
+                               restore_training_state, resume_opt, save_training_checkpoint, warmup,
+                               warmup_accumulate)
+
+TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
+HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
+            'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate',
+            'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup')
+
+
+def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device, stop: StopSignal | None = None):
+    """Train with options ``opt`` (see parse_opt); returns the last validation results (P, R, mAP50, mAP, 3 losses).
+
+    ``stop`` is the signal flag main() installs; on a signal, last.pt is saved and Interrupted is raised.
+    """
+    local_rank, rank, world_size = ddp_env()
+    main_rank = rank in {-1, 0}
+    save_dir, epochs, batch_size, resume = Path(opt.save_dir), opt.epochs, opt.batch_size, opt.resume
+    w = save_dir / 'weights'
+    last, best = w / 'last.pt', w / 'best.pt'
+    stop = stop or StopSignal()
+
+    # Hyperparameters and run settings
+    hyp = load_hyp(hyp)
+    opt.hyp = dict(hyp)  # unscaled, saved with the run; --resume trains with these
+    if main_rank:
+        w.mkdir(parents=True, exist_ok=True)
+        LOGGER.info(colorstr('hyperparameters: ') + ', '.join(f'{k}={v}' for k, v in hyp.items()))
+        yaml_save(save_dir / 'hyp.yaml', hyp)
+        yaml_save(save_dir / 'opt.yaml', opt_dict(opt))
+    plots, cuda = not opt.noplots, device.type == 'cuda'
+    amp = cuda  # mixed precision only where it pays off (and GradScaler is supported)
+    init_seeds(opt.seed + 1 + rank, deterministic=True)
+    with torch_distributed_zero_first(local_rank):  # rank 0 generates/checks the data set first
+        data_dict = check_data(opt.data)
+    nc = 1 if opt.single_cls else data_dict['nc']
+    names = {0: 'item'} if opt.single_cls and len(data_dict['names']) != 1 else data_dict['names']
+
+    # Model, frozen layers, image size
+    model, ckpt = build_model(opt.weights, opt.cfg, hyp, nc, device, local_rank, resume)
+    for name in freeze_layers(model, opt.freeze):
+        LOGGER.info(f'freezing {name}')
+    gs = max(int(model.stride.max()), 32)  # grid size (max stride)
+    imgsz = check_img_size(opt.imgsz, gs, floor=gs * 2)
+
+    # Optimizer: gradients of ~nbs images per step; weight decay scaled to the images actually per step
+    nbs = 64  # nominal batch size
+    accumulate = max(round(nbs / batch_size), 1)
+    hyp['weight_decay'] *= batch_size * accumulate / nbs
+    optimizer = smart_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], hyp['weight_decay'])
+    lf = lr_lambda(epochs, hyp['lrf'], opt.cos_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    ema = ModelEMA(model) if main_rank else None
+    best_fitness, start_epoch = 0.0, 0
+    if resume:
+        best_fitness, start_epoch, epochs = restore_training_state(ckpt, optimizer, ema, opt.weights, epochs, resume)
+    if opt.sync_bn and cuda and rank != -1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
+        LOGGER.info('Using SyncBatchNorm()')
+
+    # Data loaders
+    train_loader, dataset = create_dataloader(data_dict['train'], imgsz, batch_size // world_size, gs, opt.single_cls,
+                                              hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect, rank=local_rank,
+                                              workers=opt.workers, image_weights=opt.image_weights,
+                                              prefix=colorstr('train: '), shuffle=True, seed=opt.seed,
+                                              nc=None if opt.single_cls else nc)
+    labels = np.concatenate(dataset.labels, 0)
+    if len(labels) and int(labels[:, 0].max()) >= nc:
+        raise TrainingError(f'label class {int(labels[:, 0].max())} exceeds nc={nc} in {opt.data}; '
+                            f'possible class labels are 0-{nc - 1}')
+    if main_rank:
+        val_loader = create_dataloader(data_dict['val'], imgsz, batch_size // world_size * 2, gs, opt.single_cls,
+                                       hyp=hyp, cache=None if opt.noval else opt.cache, rect=True, rank=-1,
+                                       workers=opt.workers * 2, pad=0.5, prefix=colorstr('val: '))[0]
+        if not resume:
+            if not opt.noautoanchor:
+                check_anchors(dataset, model=model, thr=hyp['anchor_t'], imgsz=imgsz)
+            model.half().float()  # pre-reduce anchor precision (as upstream)
+            if plots:
+                plot_labels(labels, names, save_dir)
+    if rank != -1:  # DDP: identical weights everywhere (broadcast from rank 0), gradients all-reduced
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None,
+                                                    output_device=local_rank if cuda else None, static_graph=True)
+
+    # Model attributes: loss gains scaled to output levels, classes and image size
+    m = de_parallel(model)
+    hyp = scale_loss_gains(hyp, m.model[-1].nl, nc, imgsz)
+    hyp['label_smoothing'] = opt.label_smoothing
+    m.nc, m.hyp, m.names = nc, hyp, names
+    m.class_weights = labels_to_class_weights(dataset.labels, nc).to(device) * nc
+
+    # Sparsity: DNS learns masks during training; a pruned model (no DNS) only gets its sparsity reported
+    nb = len(train_loader)  # batches per epoch
+    nw = max(round(hyp['warmup_epochs'] * nb), 100)  # warmup iterations
+    dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if resume else None) if opt.dns else None
+    report_sparsity = dns is not None or float(sparsity(m)) >= 0.01
+    del ckpt
+
+    # Training
+    t0 = time.time()
+    last_opt_step = -1
+    maps = np.zeros(nc)  # mAP per class
+    results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP@.5, mAP@.5-.95, val_loss(box, obj, cls)
+    scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() gives start_epoch's LR
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    stopper, stop_early = EarlyStopping(patience=opt.patience), False
+    compute_loss = ComputeLoss(m)
+    if main_rank:
+        LOGGER.info(f'Image sizes {imgsz} train, {imgsz} val\n'
+                    f'Using {train_loader.num_workers * world_size} dataloader workers\n'
+                    f"Logging results to {colorstr('bold', save_dir)}\n"
+                    f'Starting training for {epochs} epochs...')
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        if opt.image_weights:  # sample images of poorly detected classes more often
+            dataset.update_image_weights(m.class_weights.cpu().numpy() * (1 - maps) ** 2 / nc)
+        if rank != -1:
+            train_loader.sampler.set_epoch(epoch)
+        mloss = torch.zeros(3, device=device)  # mean losses
+        pbar = enumerate(train_loader)
+        if main_rank:
+            LOGGER.info(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
+            pbar = tqdm(pbar, total=nb, bar_format=TQDM_BAR_FORMAT)
+        optimizer.zero_grad()
+        for i, (imgs, targets, paths, _) in pbar:
+            ni = i + nb * epoch  # iterations since the start of training
+            imgs = imgs.to(device, non_blocking=True).float() / 255
+            if ni <= nw:
+                accumulate = warmup_accumulate(ni, nw, nbs, batch_size)
+                warmup(optimizer, ni, nw, lf(epoch), hyp)
+            if opt.multi_scale:
+                imgs = multi_scale(imgs, imgsz, gs)
+
+            with torch.amp.autocast(device.type, enabled=amp):
+                pred = model(imgs)
+                loss, loss_items = compute_loss(pred, targets.to(device))  # loss = mean loss * batch size
+                loss = loss * world_size  # DDP averages gradients over ranks
+            # Every rank must stop at the same iteration, before a bad loss reaches the weights
+            stopping, diverged = any_rank([stop.received is not None, not torch.isfinite(loss).all()], device,
+                                          world_size)
+            if diverged or stopping:
+                if main_rank:
+                    pbar.close()
+                if diverged:
+                    kept = f'last good checkpoint kept at {last}' if last.exists() else 'no checkpoint was saved yet'
+                    raise TrainingError(f'non-finite loss at epoch {epoch} iteration {i}; {kept}')
+                save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, dns)
+                raise Interrupted(stop.received or signal.SIGTERM, f'Training interrupted at epoch {epoch} iteration {i}; '
+                                                       f'saved {last}; continue with: python train.py --resume {last}')
+            scaler.scale(loss).backward()
+
+            if ni - last_opt_step >= accumulate:
+                scaler.unscale_(optimizer)  # true gradients for clipping (and anything else that reads them)
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                if dns:
+                    dns.before_step()  # sparsity hook: parameters <- dense W, so every entry gets its update
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+                if dns:
+                    dns.after_step()  # sparsity hook: maybe update masks T; parameters <- W * T
+                if ema:
+                    ema.update(model)
+                last_opt_step = ni
+
+            if main_rank:
+                mloss = (mloss * i + loss_items) / (i + 1)
+                mem = f'{torch.cuda.memory_reserved() / 1E9 if torch.cuda.is_available() else 0:.3g}G'
+                pbar.set_description(('%11s' * 2 + '%11.4g' * 5) %
+                                     (f'{epoch}/{epochs - 1}', mem, *mloss, targets.shape[0], imgs.shape[-1]))
+                if plots and ni < 3:
+                    plot_images(imgs, targets, paths, save_dir / f'train_batch{ni}.jpg', names=names)
+
+        lr = [x['lr'] for x in optimizer.param_groups]  # for results.csv
+        scheduler.step()
+        if dns and epoch + 1 >= opt.dns_surgery_epochs:
+            dns.finish()  # end of the surgery phase: exact cut to the target, masks frozen from now on
+
+        if main_rank:
+            ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
+            if dns:
+                dns.apply_to(ema.ema)  # evaluate and save EMA * T: masks are never averaged
+            final_epoch = epoch + 1 == epochs or epoch - stopper.best_epoch >= stopper.patience
+            if not opt.noval or final_epoch:
+                results, maps, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz, half=amp,
+                                           model=ema.ema, single_cls=opt.single_cls, dataloader=val_loader,
+                                           save_dir=save_dir, plots=False, compute_loss=compute_loss)
+            fi = float(fitness(np.array(results).reshape(1, -1))[0])
+            stop_early = stopper(epoch=epoch, fitness=fi)
+            best_fitness = max(best_fitness, fi)
+            extra = sparsity_columns(ema.ema, dns) if report_sparsity else None
+            append_results(save_dir / 'results.csv', epoch, [*mloss.tolist(), *results, *lr], extra)
+            if not opt.nosave or final_epoch:
+                files = [last] + [best] * (best_fitness == fi)
+                files += [w / f'epoch{epoch}.pt'] * (opt.save_period > 0 and epoch % opt.save_period == 0)
+                save_training_checkpoint(files, model, ema, optimizer, epoch, best_fitness, opt,
+                                         **({'dns': dns.state_dict()} if dns else {}))
+
+        if rank != -1:  # every rank stops early together (rank 0 decides)
+            decision = [stop_early]
+            dist.broadcast_object_list(decision, 0)
+            stop_early = decision[0]
+        if stop_early:
+            break
+
+    # Finish: strip optimizers, validate best.pt with plots and per-class table
+    if main_rank:
+        LOGGER.info(f'\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
+        if dns:
+            LOGGER.info(dns.layer_table())
+        for f in last, best:
+            if f.exists():
+                strip_optimizer(f)
+                if f is best:
+                    LOGGER.info(f'\nValidating {f}...')
+                    model_best = attempt_load(f, device)
+                    LOGGER.info(f'{colorstr("sparsity: ")}{sparsity(model_best)}')
+                    is_coco = str(data_dict['val']).replace('\\', '/').endswith('coco/val2017.txt')
+                    results, _, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
+                                            model=model_best, iou_thres=0.65 if is_coco else 0.60,
+                                            single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
+                                            save_json=is_coco, verbose=True, plots=plots, compute_loss=compute_loss,
+                                            half=amp)
+        if plots:
+            plot_results(file=save_dir / 'results.csv')
+        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
+    if cuda:
+        torch.cuda.empty_cache()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- train() parts
+def load_hyp(hyp: dict | str | Path) -> dict:
+    """Hyperparameters from a dict or a YAML (a bare name is looked up in data/hyps/); missing keys -> error."""
+    if not isinstance(hyp, dict):
+        p = Path(hyp)
+        p = next((c for c in (p, ROOT / 'data' / 'hyps' / p.name) if c.is_file()), p)
+        if not p.is_file():
+            raise TrainingError(f"hyperparameter file '{hyp}' not found (looked in . and {ROOT / 'data' / 'hyps'})")
+        hyp = yaml_load(p)
+    missing = [k for k in HYP_KEYS if k not in hyp]
+    if missing:
+        raise TrainingError(f"hyperparameters lack {', '.join(missing)}; start from data/hyps/hyp.scratch-low.yaml")
+    return dict(hyp)
+
+
+def check_data(data: str | dict) -> dict:
+    """check_dataset with its errors turned into one-line TrainingErrors."""
+    try:
+        return check_dataset(data)
+    except (ValueError, FileNotFoundError) as e:
+        raise TrainingError(str(e)) from None
+
+
+def build_model(weights: str, cfg: str, hyp: dict, nc: int, device: torch.device, local_rank: int,
+                resume: bool) -> tuple[DetectionModel, dict | None]:
+    """A DetectionModel from ``cfg`` (or the checkpoint's YAML) with the matching weights of ``weights`` transferred.
+
+    Returns (model, checkpoint dict or None when training from scratch). Anchors are not transferred when
+    ``cfg`` or hyp['anchors'] define them anew (unless resuming).
+    """
+    try:
+        if not weights:
+            LOGGER.info(f"Training {Path(cfg).name} from scratch (no --weights given; pass --weights yolov5n.pt "
+                        f"or a .pt of yours to fine-tune)")
+            return DetectionModel(cfg, ch=3, nc=nc, anchors=hyp.get('anchors')).to(device), None
+        if not str(weights).endswith('.pt'):
+            raise TrainingError(f"--weights must be a .pt file or '' (train from scratch), got '{weights}'")
+        with torch_distributed_zero_first(local_rank):  # rank 0 downloads an official asset first
+            weights = attempt_download(weights)
+        ckpt = load(weights)
+        src = ckpt.get('model')
+        if not isinstance(src, DetectionModel):
+            raise TrainingError(f'{weights} holds no YOLOv5 DetectionModel under "model"')
+        model = DetectionModel(cfg or deepcopy(src.yaml), ch=3, nc=nc, anchors=hyp.get('anchors')).to(device)
+    except (ValueError, FileNotFoundError) as e:  # bad model YAML, missing cfg or weights file
+        raise TrainingError(str(e)) from None
+    exclude = ['anchor'] if (cfg or hyp.get('anchors')) and not resume else []
+    csd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=exclude)
+    model.load_state_dict(csd, strict=False)
+    LOGGER.info(f'Transferred {len(csd)}/{len(model.state_dict())} items from {weights}')
+    return model, ckpt
+
+
+def sparsity_columns(model: nn.Module, dns) -> dict[str, float | int]:
+    """Trailing results.csv columns: the evaluated model's true sparsity (+ DNS pruned/spliced counts), logged too."""
+    r = sparsity(model)
+    LOGGER.info(f'{colorstr("sparsity: ")}{r}')
+    if dns is None:
+        return {'sparsity': float(r)}
+    s = dns.summary()
+    phase = 'masks frozen' if dns.frozen else (f'surgery step {dns.step}/{dns.cfg.surgery_steps}, '
+                                               f'scheduled {dns.scheduled_sparsity:.1%}')
+    LOGGER.info(f"{colorstr('DNS: ')}masks {s['sparsity']:.1%} sparse ({phase}); "
+                f"{s['pruned']} pruned, {s['spliced']} spliced this epoch")
+    dns.reset_counters()
+    return dict(zip(DNS_COLUMNS, (float(r), s['pruned'], s['spliced'])))
+
+
+def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
+                     epoch: int, i: int, best_fitness: float, opt: argparse.Namespace, dns) -> None:
+    """Rank 0 saves the state after the last completed iteration as last.pt.
+
+    It is recorded as the end of epoch-1, so --resume re-runs epoch ``epoch`` (from these weights).
+    """
+    if ema is None:
+        return
+    ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
+    if dns:
+        dns.apply_to(ema.ema)
+    save_training_checkpoint([last], model, ema, optimizer, epoch - 1, best_fitness, opt,
+                             interrupted={'epoch': epoch, 'iteration': i},
+                             **({'dns': dns.state_dict()} if dns else {}))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        v = int(s)
+        if v < lo:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {lo}, got {s}')
+        return v
+    return parse
+
+
+def _batch_size(s: str) -> int:
+    v = int(s)
+    if v == -1:
+        raise argparse.ArgumentTypeError('-1 (AutoBatch) is not supported; pass a batch size, e.g. 16')
+    if v < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {s}')
+    return v
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True):
+    def parse(s: str) -> float:
+        v = float(s)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok or not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+                                             f'got {s}')
+        return v
+    return parse
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (upstream v7.0 names; DNS flags at the end)."""
+    parser = argparse.ArgumentParser(description='Train YOLOv5 (optionally sparse, with --dns)')
+    parser.add_argument('--weights', type=str, default='', help="initial weights path; '' trains from scratch")
+    parser.add_argument('--cfg', type=str, default='', help='model.yaml path (default models/yolov5n.yaml without --weights)')
+    parser.add_argument('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
+    parser.add_argument('--hyp', type=str, default=str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), help='hyperparameters path')
+    parser.add_argument('--epochs', type=_int_at_least(1), default=30, help='total training epochs')
+    parser.add_argument('--batch-size', type=_batch_size, default=16, help='total batch size for all ranks')
+    parser.add_argument('--imgsz', '--img', '--img-size', type=_int_at_least(1), default=256, help='train, val image size (pixels)')
+    parser.add_argument('--rect', action='store_true', help='rectangular training')
+    parser.add_argument('--resume', nargs='?', const=True, default=False, help='resume most recent training (or the given last.pt)')
+    parser.add_argument('--nosave', action='store_true', help='only save final checkpoint')
+    parser.add_argument('--noval', action='store_true', help='only validate final epoch')
+    parser.add_argument('--noautoanchor', action='store_true', help='disable AutoAnchor')
+    parser.add_argument('--noplots', action='store_true', help='save no plot files')
+    parser.add_argument('--evolve', type=int, nargs='?', const=300, help='hyperparameter evolution: NOT IMPLEMENTED (error)')
+    parser.add_argument('--bucket', type=str, default='', help='gsutil bucket (ignored)')
+    parser.add_argument('--cache', type=str, nargs='?', const='ram', choices=['ram', 'disk'], help='image --cache ram (default) or disk')
+    parser.add_argument('--image-weights', action='store_true', help='use weighted image selection for training')
+    parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    parser.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
+    parser.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
+    parser.add_argument('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
+    parser.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in CUDA DDP mode')
+    parser.add_argument('--workers', type=_int_at_least(0), default=8, help='max dataloader workers (per RANK in DDP mode)')
+    parser.add_argument('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
+    parser.add_argument('--name', default='exp', help='save to project/name')
+    parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    parser.add_argument('--quad', action='store_true', help='quad dataloader (accepted, not implemented)')
+    parser.add_argument('--cos-lr', action='store_true', help='cosine LR scheduler')
+    parser.add_argument('--label-smoothing', type=_float_in(0, 1, lo_open=False), default=0.0, help='Label smoothing epsilon')
+    parser.add_argument('--patience', type=_int_at_least(0), default=100, help='EarlyStopping patience (epochs without improvement)')
+    parser.add_argument('--freeze', nargs='+', type=_int_at_least(0), default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
+    parser.add_argument('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
+    parser.add_argument('--seed', type=int, default=0, help='Global training seed')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
+    # upstream's logger arguments, accepted and ignored (no W&B/ClearML/Comet here)
+    parser.add_argument('--entity', default=None, help='ignored')
+    parser.add_argument('--upload_dataset', nargs='?', const=True, default=False, help='ignored')
+    parser.add_argument('--bbox_interval', type=int, default=-1, help='ignored')
+    parser.add_argument('--artifact_alias', type=str, default='latest', help='ignored')
+    # Dynamic Network Surgery (utils/dns.py)
+    parser.add_argument('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
+    parser.add_argument('--target-sparsity', type=_float_in(0, 1), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
+    parser.add_argument('--dns-scope', choices=['layer', 'global'], default=None, help='DNS: sparsity per layer (default) or over all layers')
+    parser.add_argument('--dns-gamma', type=_float_in(0, math.inf, lo_open=False), default=None, help='DNS: update probability (1 + gamma*k)^-power, default 1e-4')
+    parser.add_argument('--dns-power', type=_float_in(0, math.inf), default=None, help='DNS: see --dns-gamma, default 1')
+    parser.add_argument('--dns-band', type=_float_in(0, 1, lo_open=False), default=None, help='DNS: hysteresis half-width delta, default 0.1')
+    parser.add_argument('--dns-surgery-epochs', type=_int_at_least(1), default=None, help='DNS: epochs during which masks may change (default 2/3 of --epochs)')
+    parser.add_argument('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
+    parser.add_argument('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
+    return parser.parse_args(argv)
+
+
+DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1}
+
+
+def check_dns_opt(opt: argparse.Namespace) -> None:
+    """Validate the DNS flag combination and fill in defaults (raises TrainingError with one line)."""
+    flags = {'--target-sparsity': opt.target_sparsity, '--dns-scope': opt.dns_scope, '--dns-gamma': opt.dns_gamma,
+             '--dns-power': opt.dns_power, '--dns-band': opt.dns_band, '--dns-surgery-epochs': opt.dns_surgery_epochs,
+             '--prune-exclude-first': opt.prune_exclude_first or None,
+             '--prune-exclude-detect': opt.prune_exclude_detect or None}
+    if not opt.dns:
+        given = [k for k, v in flags.items() if v is not None]
+        if given:
+            raise TrainingError(f'{given[0]} needs --dns (Dynamic Network Surgery)')
+        return
+    if opt.target_sparsity is None:
+        raise TrainingError('--dns needs --target-sparsity S with 0 < S < 1, e.g. --target-sparsity 0.5')
+    for k, v in DNS_DEFAULTS.items():
+        if getattr(opt, k) is None:
+            setattr(opt, k, v)
+    if opt.dns_surgery_epochs is None:
+        opt.dns_surgery_epochs = max(1, round(opt.epochs * 2 / 3))
+    if opt.dns_surgery_epochs > opt.epochs:
+        raise TrainingError(f'--dns-surgery-epochs {opt.dns_surgery_epochs} exceeds --epochs {opt.epochs}')
+
+
+def resolve_opt(opt: argparse.Namespace) -> argparse.Namespace:
+    """The options to train with: a resumed run's own options, or the command line's, checked."""
+    if opt.resume:
+        last = Path(opt.resume) if isinstance(opt.resume, str) else latest_run(opt.project)
+        if last is None or not last.is_file():
+            where = opt.resume if isinstance(opt.resume, str) else f'no last.pt under {opt.project}'
+            raise TrainingError(f'--resume checkpoint not found: {where}')
+        opt = resume_opt(load(last), last, parse_opt([]))
+        return opt
+    if opt.evolve is not None:
+        raise TrainingError('--evolve (hyperparameter evolution) is not implemented in this project; '
+                            'train with a fixed --hyp file instead')
+    if opt.quad:
+        LOGGER.info('--quad is not implemented: training with the standard 1-image collate')
+    if not opt.cfg and not opt.weights:
+        opt.cfg = str(ROOT / 'models' / 'yolov5n.yaml')
+    check_dns_opt(opt)
+    opt.data, opt.cfg, opt.hyp, opt.weights, opt.project = (str(x) for x in (opt.data, opt.cfg, opt.hyp, opt.weights,
+                                                                             opt.project))
+    opt.save_dir = ''  # set in main() on rank 0
+    return opt
+
+
+def main(opt: argparse.Namespace) -> None:
+    """Resolve options, set up DDP if launched by torch.distributed.run, train; user errors end as one line."""
+    local_rank, rank, world_size = ddp_env()
+    set_logging(rank=rank)
+    try:
+        opt = resolve_opt(opt)
+        device = select_device(opt.device, batch_size=opt.batch_size)
+        if local_rank != -1:
+            msg = 'is not compatible with YOLOv5 multi-process DDP training'
+            if opt.image_weights:
+                raise TrainingError(f'--image-weights {msg}')
+            if opt.batch_size % world_size:
+                raise TrainingError(f'--batch-size {opt.batch_size} must be a multiple of WORLD_SIZE {world_size}')
+            if device.type == 'cuda':
+                if torch.cuda.device_count() <= local_rank:
+                    raise TrainingError('insufficient CUDA devices for DDP command')
+                torch.cuda.set_device(local_rank)
+                device = torch.device('cuda', local_rank)
+            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+        if not opt.resume:  # rank 0 picks the run folder, the others use the same one
+            folder = [str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if rank in {-1, 0} else '']
+            if world_size > 1:
+                dist.broadcast_object_list(folder, 0)
+            opt.save_dir = folder[0]
+        with StopSignal() as stop:
+            train(opt.hyp, opt, device, stop)
+    except Interrupted as e:
+        LOGGER.warning(str(e))
+        raise SystemExit(128 + e.signum) from None
+    except KeyboardInterrupt:
+        raise SystemExit('Interrupted (second signal): last.pt is the last one saved before it') from None
+    except (TrainingError, CheckpointError, DownloadError, DeviceError, FileNotFoundError) as e:
+        raise SystemExit(f'ERROR: {e}') from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(**kwargs) -> None:
+    """Train from Python with keyword options, e.g. run(data='shapes.yaml', imgsz=64, epochs=1)."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        setattr(opt, k, v)
+    main(opt)
+
+
+if __name__ == '__main__':
+    main(parse_opt())
