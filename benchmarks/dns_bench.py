@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.yolo import DetectionModel  # noqa: E402
-from utils.dns import DNS  # noqa: E402
+from utils.dns import DNS, update_probability  # noqa: E402
 
 VARIANTS = ('plain', 'dns-swap', 'dns-update', 'dns-frozen')
 
@@ -45,6 +45,8 @@ def parse_opt() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--target', type=float, default=0.5, help='DNS target sparsity')
     parser.add_argument('--scope', default='layer', choices=('layer', 'global'))
+    parser.add_argument('--gamma', type=float, default=1e-4, help='sigma(k) = (1 + gamma*k)^-1 for the average line')
+    parser.add_argument('--surgery-steps', type=int, default=10000, help='surgery length for the average line')
     return parser.parse_args()
 
 
@@ -80,7 +82,8 @@ def step(model, opt, dns, imgs) -> tuple[float, float]:
 
 
 def run(cfg: str = 'yolov5s.yaml', img: int = 320, batch: int = 2, warmup: int = 2, iters: int = 5,
-        threads: int = 1, target: float = 0.5, scope: str = 'layer') -> dict[str, tuple[float, float]]:
+        threads: int = 1, target: float = 0.5, scope: str = 'layer', gamma: float = 1e-4,
+        surgery_steps: int = 10000) -> dict[str, tuple[float, float]]:
     """Print and return {variant: (median step s, median hook s)}."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -106,13 +109,18 @@ def run(cfg: str = 'yolov5s.yaml', img: int = 320, batch: int = 2, warmup: int =
         result[name] = (s, h)
         print(f'{name:<12}{s * 1e3:>10.1f}{s / plain:>8.3f}{h * 1e3:>10.1f}{h / plain:>13.2%}')
 
+    swap, update = result['dns-swap'][1], result['dns-update'][1] - result['dns-swap'][1]
+    mean_sigma = sum(update_probability(k, gamma, 1.0) for k in range(1, surgery_steps + 1)) / surgery_steps
+    print(f'average surgery overhead for {surgery_steps} steps, gamma {gamma}: swap + mean(sigma) * update = '
+          f'{(swap + mean_sigma * update) / plain:.1%} of the plain step (mean sigma {mean_sigma:.2f})')
+
     dns = variants['dns-swap'][2]
     mb = 2 ** 20
-    masks = sum(off.numel() * off.element_size() for off in dns.off) / mb
-    dense = sum(d.numel() * d.element_size() for d in dns.dense) / mb
+    masks = sum(t.numel() * t.element_size() for t in dns.off + dns.keep) / mb
+    dense = sum(t.numel() * t.element_size() for t in dns.dense) / mb
     state = dns.state_dict()
     compact = sum(t.numel() * t.element_size() for part in ('masks', 'pruned_values') for t in state[part].values())
-    print(f'extra memory: masks {masks:.1f} MB + dense copies {dense:.1f} MB during surgery '
+    print(f'extra memory: masks {masks:.1f} MB (float + bool) + dense copies {dense:.1f} MB during surgery '
           f'({masks:.1f} MB once frozen), over {sum(off.numel() for off in dns.off) / 1e6:.2f}M managed weights; '
           f'state_dict {compact / mb:.1f} MB (bool masks + masked values)')
     return result

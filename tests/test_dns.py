@@ -17,6 +17,15 @@ from torch import nn
 from utils.dns import DNS, DNSConfig, cubic_schedule, exact_cut, mask_rule, update_probability
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a shared, busy CPU (no OpenMP spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyNet(nn.Module):
     """Two convs and a Linear; weight sizes 216, 1152, 160 (each 0.6 * numel rounds within 0.5pp)."""
 
@@ -286,3 +295,33 @@ def test_ddp_masks_identical_across_ranks():
     # and the workers do not inherit this process's thread pools as a plain fork would
     multiprocessing.set_forkserver_preload([__name__])
     mp.start_processes(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True, start_method='forkserver')
+
+
+# ---------------------------------------------------------------------------------------------- YOLOv5 model
+def test_detection_model_ema_and_plain_checkpoint():
+    from models.yolo import DetectionModel
+    from utils.torch_utils import ModelEMA
+
+    torch.manual_seed(0)
+    model = DetectionModel('yolov5n.yaml', nc=2)
+    keys = set(model.state_dict())
+    ema = ModelEMA(model)
+    dns = DNS(model, target=0.5, surgery_steps=2, exclude_first=True, exclude_detect=True)
+    assert dns.names[0] == 'model.1.conv.weight' and not any(n.startswith('model.24.') for n in dns.names)
+    opt = sgd(model)
+    for _ in range(3):  # two surgery steps, then frozen
+        sum(p.pow(2).mean() for p in model(torch.rand(1, 3, 64, 64))).backward()
+        dns.before_step()
+        opt.step()
+        opt.zero_grad()
+        dns.after_step()
+        ema.update(model)
+    assert dns.frozen and dns.sparsity == pytest.approx(0.5, abs=0.005)
+    dns.apply_to(ema)  # the ModelEMA object itself is accepted (its .ema is masked)
+    buf = io.BytesIO()
+    torch.save({'model': copy.deepcopy(ema.ema).half(), 'dns': dns.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)['model']
+    assert type(saved) is DetectionModel and set(saved.state_dict()) == keys  # plain modules, no extra entries
+    for name, keep in dns.masks_by_name().items():
+        assert torch.all(saved.get_parameter(name)[~keep] == 0)
