@@ -262,11 +262,12 @@ def _zeros(t: Tensor) -> int:
 def sparsity(model: nn.Module, exclude_first: bool = False, exclude_detect: bool = False) -> SparsityReport:
     """Count zeros in the prunable weights (see `prunable_layers`) and in all parameters of `model`."""
     layers = prunable_layers(model, exclude_first, exclude_detect)
-    params = list(unwrap_model(model).parameters())  # parameters() yields each shared tensor once
-    return SparsityReport(prunable_zeros=sum(_zeros(m.weight) for _, m in layers),
-                          prunable_total=sum(m.weight.numel() for _, m in layers),
-                          zeros=sum(_zeros(p) for p in params),
-                          total=sum(p.numel() for p in params),
+    zeros = {id(p): (_zeros(p), p.numel()) for p in unwrap_model(model).parameters()}  # each shared tensor once
+    weights = [zeros.get(id(m.weight)) or (_zeros(m.weight), m.weight.numel()) for _, m in layers]
+    return SparsityReport(prunable_zeros=sum(z for z, _ in weights),
+                          prunable_total=sum(n for _, n in weights),
+                          zeros=sum(z for z, _ in zeros.values()),
+                          total=sum(n for _, n in zeros.values()),
                           layers=len(layers),
                           kinds=_kinds([m for _, m in layers]))
 
