@@ -62,7 +62,7 @@ def test_mask_rule_hysteresis():
     a, b = 0.5, 2.0
     w = torch.tensor([0.1, -0.4, 0.5, -1.0, 1.9, 2.0, -2.5, 0.5, -1.0, 1.9])
     t_prev = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
-    #              below a ->0 | band keeps 1 | >= b ->1 | band keeps 0
+    # [0, 1] below a -> 0; [2..4] band (|w| == a included) keeps 1; [5, 6] >= b -> 1; [7..9] band keeps 0
     expected = torch.tensor([0, 0, 1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.bool)
     assert torch.equal(mask_rule(w, a, b, t_prev), expected)
     assert torch.equal(mask_rule(w, a, b, t_prev.float()), expected)  # 0/1 float masks work too
