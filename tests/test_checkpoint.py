@@ -106,3 +106,28 @@ def test_atomic_save_keeps_old_file(tmp_path):
         save({'epoch': 2, 'x': Boom()}, f)
     assert load(f)['epoch'] == 1
     assert [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+@pytest.mark.parametrize('amount', [0.5, 0.9])
+def test_compact_round_trip_bit_exact(tmp_path, amount):
+    from utils.sparsity import prune
+    torch.manual_seed(0)
+    model = DetectionModel('yolov5n.yaml', nc=3)
+    prune(model, amount)
+    ck = make_checkpoint(model, ema=model, epoch=-1)
+    dense, compact = tmp_path / 'dense.pt', tmp_path / 'compact.pt'
+    save(ck, dense)
+    save(ck, compact, compact=True)
+    ratio = compact.stat().st_size / dense.stat().st_size
+    assert ratio < (0.6 if amount == 0.5 else 0.2)
+    a, b = load(dense), load(compact)
+    assert 'sparse_weights' not in b
+    for key in ('model', 'ema'):
+        sa, sb = a[key].state_dict(), b[key].state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k].view(-1).view(torch.uint8) if sa[k].is_floating_point() else sa[k],
+                                                              sb[k].view(-1).view(torch.uint8) if sb[k].is_floating_point() else sb[k]), k
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(attempt_load(dense)(x)[0], attempt_load(compact)(x)[0])

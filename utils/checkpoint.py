@@ -57,7 +57,7 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str
     """Load a YOLOv5 checkpoint dict without executing arbitrary code.
 
     Raises CheckpointError (one line) for a missing file, a refused global or a corrupt file.
-    Compact sparse tensors (see ``utils.sparsity``) are expanded transparently.
+    Compact checkpoints (``save(..., compact=True)``) are expanded transparently to the dense form.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,15 +84,62 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str
         raise CheckpointError(f'cannot read checkpoint {path}: {first}') from None
     if not isinstance(ckpt, dict):
         ckpt = {'model': ckpt}
+    if SPARSE_KEY in ckpt:
+        try:
+            _expand(ckpt)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f'corrupt compact weights in {path}: {e}') from None
     return ckpt
 
 
-def save(ckpt: dict[str, Any], path: str | Path) -> None:
+SPARSE_KEY = 'sparse_weights'  # compact checkpoints: {'model'|'ema': {param name: encode_sparse(...) dict}}
+
+
+def _compact(ckpt: dict[str, Any], codec: str = 'zlib') -> dict[str, Any]:
+    """Copy of ``ckpt`` whose model weights that encode smaller are moved, encoded, under SPARSE_KEY.
+
+    The pickled modules keep every attribute; an encoded parameter is left as an empty tensor of its dtype.
+    """
+    from copy import deepcopy
+
+    from utils.sparse_format import encode_sparse, encoded_nbytes
+
+    out, sparse = dict(ckpt), {}
+    for key in ('model', 'ema'):
+        if not isinstance(ckpt.get(key), nn.Module):
+            continue
+        model, enc = deepcopy(ckpt[key]), {}
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                e = encode_sparse(p.data.cpu(), codec)
+                if encoded_nbytes(e) < p.numel() * p.element_size():
+                    enc[name] = e
+                    p.data = torch.empty(0, dtype=p.dtype)
+        out[key], sparse[key] = model, enc
+    out[SPARSE_KEY] = sparse
+    return out
+
+
+def _expand(ckpt: dict[str, Any]) -> None:
+    """Inverse of ``_compact``, in place: decode every encoded weight back into its parameter (bit-exact)."""
+    from utils.sparse_format import decode_sparse
+
+    for key, enc in ckpt.pop(SPARSE_KEY).items():
+        params = dict(ckpt[key].named_parameters())
+        for name, e in enc.items():
+            params[name].data = decode_sparse(e)
+
+
+def save(ckpt: dict[str, Any], path: str | Path, compact: bool = False) -> None:
     """torch.save ``ckpt`` atomically: write a temp file in the same folder, then rename over ``path``.
 
-    A crash or Ctrl-C during the write leaves the previous file intact.
+    A crash or Ctrl-C during the write leaves the previous file intact. ``compact=True`` stores each sparse
+    weight as a bitmask + its non-zero values (utils.sparse_format): much smaller for pruned models, read back
+    bit-exactly by ``load``, but upstream YOLOv5 cannot read it — the default is upstream's plain dense form.
     """
     path = Path(path)
+    if compact:
+        ckpt = _compact(ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
