@@ -31,6 +31,7 @@ from models.experimental import Ensemble, attempt_load
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
 from utils.downloads import DownloadError, safe_download
+from utils.cli import fraction, int_at_least, prune_amount
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
@@ -340,31 +341,6 @@ def run(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _fraction(x: str) -> float:
-    """argparse type: a float in [0, 1]."""
-    v = float(x)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f'{x} is not between 0.0 and 1.0')
-    return v
-
-
-def _prune_amount(x: str) -> float:
-    """argparse type: a fraction of weights to prune, 0 <= x < 1."""
-    try:
-        v = float(x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{x}' is not a number; give a fraction of weights, e.g. 0.3") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f'{x} must be a fraction of weights in [0, 1), e.g. 0.3')
-    return v
-
-
-def _positive_int(x: str) -> int:
-    """argparse type: an integer >= 1."""
-    v = int(x)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f'{x} must be a positive integer')
-    return v
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,11 +351,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help='file/dir/glob/*.txt list/URL, or 0 for webcam')
     parser.add_argument('--data', type=str, default=str(ROOT / 'data/shapes.yaml'),
                         help='dataset.yaml, for class names when the model has none')
-    parser.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=_positive_int, default=[640],
+    parser.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int_at_least(1), default=[640],
                         help='inference size h,w (pixels)')
-    parser.add_argument('--conf-thres', type=_fraction, default=0.25, help='confidence threshold')
-    parser.add_argument('--iou-thres', type=_fraction, default=0.45, help='NMS IoU threshold')
-    parser.add_argument('--max-det', type=_positive_int, default=1000, help='maximum detections per image')
+    parser.add_argument('--conf-thres', type=fraction, default=0.25, help='confidence threshold')
+    parser.add_argument('--iou-thres', type=fraction, default=0.45, help='NMS IoU threshold')
+    parser.add_argument('--max-det', type=int_at_least(1), default=1000, help='maximum detections per image')
     parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     parser.add_argument('--view-img', action='store_true', help='show results')
     parser.add_argument('--save-txt', action='store_true', help='save results to *.txt')
@@ -394,13 +370,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--project', default=str(ROOT / 'runs/detect'), help='save results to project/name')
     parser.add_argument('--name', default='exp', help='save results to project/name')
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
-    parser.add_argument('--line-thickness', default=3, type=_positive_int, help='bounding box thickness (pixels)')
+    parser.add_argument('--line-thickness', default=3, type=int_at_least(1), help='bounding box thickness (pixels)')
     parser.add_argument('--hide-labels', default=False, action='store_true', help='hide labels')
     parser.add_argument('--hide-conf', default=False, action='store_true', help='hide confidences')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (ignored for .pt)')
-    parser.add_argument('--vid-stride', type=_positive_int, default=1, help='video frame-rate stride')
-    parser.add_argument('--prune', type=_prune_amount, default=0.0, metavar='AMOUNT',
+    parser.add_argument('--vid-stride', type=int_at_least(1), default=1, help='video frame-rate stride')
+    parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='after loading, zero this fraction of the smallest conv weights, 0 <= AMOUNT < 1')
     parser.add_argument('--prune-scope', choices=('layer', 'global'), default='layer',
                         help="'layer': AMOUNT of every layer; 'global': one magnitude threshold over all layers")

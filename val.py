@@ -46,6 +46,7 @@ from utils.checkpoint import CheckpointError
 from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, image_id, is_coco_dataset,
                              predictions_to_coco)
 from utils.dataloaders import check_dataset, create_dataloader
+from utils.cli import fraction, int_at_least, prune_amount
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xywh2xyxy, xyxy2xywh)
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
@@ -460,49 +461,6 @@ def write_sweep(rows: list[dict], save_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _number(s: str) -> float:
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-
-
-def _fraction(s: str) -> float:
-    """argparse type: a float in [0, 1] (thresholds)."""
-    x = _number(s)
-    if not 0 <= x <= 1:
-        raise argparse.ArgumentTypeError(f'{s} must be between 0 and 1')
-    return x
-
-
-def _prune_amount(s: str) -> float:
-    """argparse type: a fraction of weights to prune, 0 <= AMOUNT < 1."""
-    x = _number(s)
-    if not 0 <= x < 1:
-        raise argparse.ArgumentTypeError(f'{s} must satisfy 0 <= AMOUNT < 1 (a fraction of the Conv2d weights)')
-    return x
-
-
-def _positive(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        x = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not an integer") from None
-    if x < 1:
-        raise argparse.ArgumentTypeError(f'{s} must be >= 1')
-    return x
-
-
-def _non_negative(s: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        x = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not an integer") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f'{s} must be >= 0')
-    return x
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -512,14 +470,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--weights', nargs='+', type=str, default=None,
                         help=f'model path(s), several = ensemble (default {_rel(DEFAULT_WEIGHTS)} if '
                              f'present, else a random-init {Path(DEFAULT_CFG).stem})')
-    parser.add_argument('--batch-size', type=_positive, default=32, help='batch size')
-    parser.add_argument('--imgsz', '--img', '--img-size', type=_positive, default=640, help='inference size (pixels)')
-    parser.add_argument('--conf-thres', type=_fraction, default=0.001, help='confidence threshold')
-    parser.add_argument('--iou-thres', type=_fraction, default=0.6, help='NMS IoU threshold')
-    parser.add_argument('--max-det', type=_positive, default=300, help='maximum detections per image')
+    parser.add_argument('--batch-size', type=int_at_least(1), default=32, help='batch size')
+    parser.add_argument('--imgsz', '--img', '--img-size', type=int_at_least(1), default=640, help='inference size (pixels)')
+    parser.add_argument('--conf-thres', type=fraction, default=0.001, help='confidence threshold')
+    parser.add_argument('--iou-thres', type=fraction, default=0.6, help='NMS IoU threshold')
+    parser.add_argument('--max-det', type=int_at_least(1), default=300, help='maximum detections per image')
     parser.add_argument('--task', default='val', choices=TASKS, help='train, val, test, speed, study or sparsity')
     parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
-    parser.add_argument('--workers', type=_non_negative, default=8, help='max dataloader workers')
+    parser.add_argument('--workers', type=int_at_least(0), default=8, help='max dataloader workers')
     parser.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
     parser.add_argument('--augment', action='store_true', help='augmented inference')
     parser.add_argument('--verbose', action='store_true', help='report mAP by class')
@@ -532,7 +490,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (not supported)')
-    parser.add_argument('--prune', type=_prune_amount, default=0.0, metavar='AMOUNT',
+    parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='prune this fraction of Conv2d weights (smallest |w|) before evaluating, 0 <= AMOUNT < 1')
     parser.add_argument('--prune-scope', default='layer', choices=SCOPES,
                         help='layer: AMOUNT of every layer; global: one threshold over all layers')

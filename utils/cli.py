@@ -1,0 +1,45 @@
+"""argparse value types shared by the CLIs: a bad value becomes a one-line argparse error (exit 2)."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``lo``."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {lo}, got {s}')
+        return v
+    return parse
+
+
+def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in the interval lo..hi (closed ends unless ``*_open``)."""
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok or not math.isfinite(v):
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f'must be in {interval}, got {s}')
+        return v
+    return parse
+
+
+fraction = float_in(0.0, 1.0)  # thresholds: 0 <= x <= 1
+
+
+def prune_amount(s: str) -> float:
+    """argparse type for --prune: the fraction of Conv2d weights to zero, 0 <= AMOUNT < 1."""
+    try:
+        return float_in(0.0, 1.0, hi_open=True)(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f'{s} must be a fraction of weights in [0, 1), e.g. 0.3') from None
