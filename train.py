@@ -151,7 +151,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     last_opt_step = -1
     maps = np.zeros(nc)  # mAP per class
     results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP@.5, mAP@.5-.95, val_loss(box, obj, cls)
-    scheduler.last_epoch = start_epoch - 1  # the next scheduler.step() gives start_epoch's LR
+    scheduler.last_epoch = start_epoch - 1  # scheduler.step() at the end of epoch e sets epoch e+1's LR
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     stopper, stop_early = EarlyStopping(patience=opt.patience), False
     compute_loss = ComputeLoss(m)
@@ -170,7 +170,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         mloss = torch.zeros(3, device=device)  # mean losses
         pbar = enumerate(train_loader)
         if main_rank:
-            LOGGER.info(('\n' + '%11s' * 7) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
+            LOGGER.info(('\n' + '%11s' * 7) %
+                        ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
             pbar = tqdm(pbar, total=nb, bar_format=TQDM_BAR_FORMAT)
         optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
@@ -186,18 +187,18 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 pred = model(imgs)
                 loss, loss_items = compute_loss(pred, targets.to(device))  # loss = mean loss * batch size
                 loss = loss * world_size  # DDP averages gradients over ranks
-            # Every rank must stop at the same iteration, before a bad loss reaches the weights
-            stopping, diverged = any_rank([stop.received is not None, not torch.isfinite(loss).all()], device,
-                                          world_size)
-            if diverged or stopping:
+            # Every rank stops at the same iteration, before a bad loss reaches the weights
+            interrupted, diverged = any_rank([stop.received is not None, not torch.isfinite(loss).all()], device,
+                                             world_size)
+            if interrupted or diverged:
                 if main_rank:
                     pbar.close()
                 if diverged:
-                    kept = f'last good checkpoint kept at {last}' if last.exists() else 'no checkpoint was saved yet'
-                    raise TrainingError(f'non-finite loss at epoch {epoch} iteration {i}; {kept}')
+                    raise TrainingError(f'non-finite loss at epoch {epoch} iteration {i}; ' + (
+                        f'last good checkpoint kept at {last}' if last.exists() else 'no checkpoint was saved yet'))
                 save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, dns)
-                raise Interrupted(stop.received or signal.SIGTERM, f'Training interrupted at epoch {epoch} iteration {i}; '
-                                                       f'saved {last}; continue with: python train.py --resume {last}')
+                raise Interrupted(stop.received or signal.SIGTERM, f'Training interrupted at epoch {epoch} iteration '
+                                  f'{i}; saved {last}; continue with: python train.py --resume {last}')
             scaler.scale(loss).backward()
 
             if ni - last_opt_step >= accumulate:
@@ -233,9 +234,10 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 dns.apply_to(ema.ema)  # evaluate and save EMA * T: masks are never averaged
             final_epoch = epoch + 1 == epochs or epoch - stopper.best_epoch >= stopper.patience
             if not opt.noval or final_epoch:
-                results, maps, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz, half=amp,
-                                           model=ema.ema, single_cls=opt.single_cls, dataloader=val_loader,
-                                           save_dir=save_dir, plots=False, compute_loss=compute_loss)
+                results, maps, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
+                                                half=amp, model=ema.ema, single_cls=opt.single_cls,
+                                                dataloader=val_loader, save_dir=save_dir, plots=False,
+                                                compute_loss=compute_loss)
             fi = float(fitness(np.array(results).reshape(1, -1))[0])
             stop_early = stopper(epoch=epoch, fitness=fi)
             best_fitness = max(best_fitness, fi)
@@ -259,6 +261,10 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         LOGGER.info(f'\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
         if dns:
             LOGGER.info(dns.layer_table())
+            if not dns.frozen:
+                LOGGER.warning(f'WARNING ⚠️ training stopped before the end of the DNS surgery phase '
+                               f'(--dns-surgery-epochs {opt.dns_surgery_epochs}): the saved masks are '
+                               f'{dns.sparsity:.1%} sparse, not the target {opt.target_sparsity:.1%}')
         for f in last, best:
             if f.exists():
                 strip_optimizer(f)
@@ -388,64 +394,68 @@ def _float_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True):
         v = float(s)
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
         if not ok or not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
-                                             f'got {s}')
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f'must be in {interval}, got {s}')
         return v
     return parse
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (upstream v7.0 names; DNS flags at the end)."""
+    """Command-line options (upstream v7.0 names and meanings; project defaults; DNS flags at the end)."""
     parser = argparse.ArgumentParser(description='Train YOLOv5 (optionally sparse, with --dns)')
-    parser.add_argument('--weights', type=str, default='', help="initial weights path; '' trains from scratch")
-    parser.add_argument('--cfg', type=str, default='', help='model.yaml path (default models/yolov5n.yaml without --weights)')
-    parser.add_argument('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
-    parser.add_argument('--hyp', type=str, default=str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), help='hyperparameters path')
-    parser.add_argument('--epochs', type=_int_at_least(1), default=30, help='total training epochs')
-    parser.add_argument('--batch-size', type=_batch_size, default=16, help='total batch size for all ranks')
-    parser.add_argument('--imgsz', '--img', '--img-size', type=_int_at_least(1), default=256, help='train, val image size (pixels)')
-    parser.add_argument('--rect', action='store_true', help='rectangular training')
-    parser.add_argument('--resume', nargs='?', const=True, default=False, help='resume most recent training (or the given last.pt)')
-    parser.add_argument('--nosave', action='store_true', help='only save final checkpoint')
-    parser.add_argument('--noval', action='store_true', help='only validate final epoch')
-    parser.add_argument('--noautoanchor', action='store_true', help='disable AutoAnchor')
-    parser.add_argument('--noplots', action='store_true', help='save no plot files')
-    parser.add_argument('--evolve', type=int, nargs='?', const=300, help='hyperparameter evolution: NOT IMPLEMENTED (error)')
-    parser.add_argument('--bucket', type=str, default='', help='gsutil bucket (ignored)')
-    parser.add_argument('--cache', type=str, nargs='?', const='ram', choices=['ram', 'disk'], help='image --cache ram (default) or disk')
-    parser.add_argument('--image-weights', action='store_true', help='use weighted image selection for training')
-    parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
-    parser.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
-    parser.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
-    parser.add_argument('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
-    parser.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in CUDA DDP mode')
-    parser.add_argument('--workers', type=_int_at_least(0), default=8, help='max dataloader workers (per RANK in DDP mode)')
-    parser.add_argument('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
-    parser.add_argument('--name', default='exp', help='save to project/name')
-    parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
-    parser.add_argument('--quad', action='store_true', help='quad dataloader (accepted, not implemented)')
-    parser.add_argument('--cos-lr', action='store_true', help='cosine LR scheduler')
-    parser.add_argument('--label-smoothing', type=_float_in(0, 1, lo_open=False), default=0.0, help='Label smoothing epsilon')
-    parser.add_argument('--patience', type=_int_at_least(0), default=100, help='EarlyStopping patience (epochs without improvement)')
-    parser.add_argument('--freeze', nargs='+', type=_int_at_least(0), default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
-    parser.add_argument('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
-    parser.add_argument('--seed', type=int, default=0, help='Global training seed')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
-    # upstream's logger arguments, accepted and ignored (no W&B/ClearML/Comet here)
-    parser.add_argument('--entity', default=None, help='ignored')
-    parser.add_argument('--upload_dataset', nargs='?', const=True, default=False, help='ignored')
-    parser.add_argument('--bbox_interval', type=int, default=-1, help='ignored')
-    parser.add_argument('--artifact_alias', type=str, default='latest', help='ignored')
-    # Dynamic Network Surgery (utils/dns.py)
-    parser.add_argument('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
-    parser.add_argument('--target-sparsity', type=_float_in(0, 1), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
-    parser.add_argument('--dns-scope', choices=['layer', 'global'], default=None, help='DNS: sparsity per layer (default) or over all layers')
-    parser.add_argument('--dns-gamma', type=_float_in(0, math.inf, lo_open=False), default=None, help='DNS: update probability (1 + gamma*k)^-power, default 1e-4')
-    parser.add_argument('--dns-power', type=_float_in(0, math.inf), default=None, help='DNS: see --dns-gamma, default 1')
-    parser.add_argument('--dns-band', type=_float_in(0, 1, lo_open=False), default=None, help='DNS: hysteresis half-width delta, default 0.1')
-    parser.add_argument('--dns-surgery-epochs', type=_int_at_least(1), default=None, help='DNS: epochs during which masks may change (default 2/3 of --epochs)')
-    parser.add_argument('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
-    parser.add_argument('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
+    add = parser.add_argument
+    add('--weights', type=str, default='', help="initial weights path; '' trains from scratch")
+    add('--cfg', type=str, default='', help='model.yaml path (default models/yolov5n.yaml without --weights)')
+    add('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
+    add('--hyp', type=str, default=str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), help='hyperparameters path')
+    add('--epochs', type=_int_at_least(1), default=30, help='total training epochs')
+    add('--batch-size', type=_batch_size, default=16, help='total batch size for all ranks')
+    add('--imgsz', '--img', '--img-size', type=_int_at_least(1), default=256, help='train, val image size (pixels)')
+    add('--rect', action='store_true', help='rectangular training')
+    add('--resume', nargs='?', const=True, default=False, help='resume most recent training (or the given last.pt)')
+    add('--nosave', action='store_true', help='only save final checkpoint')
+    add('--noval', action='store_true', help='only validate final epoch')
+    add('--noautoanchor', action='store_true', help='disable AutoAnchor')
+    add('--noplots', action='store_true', help='save no plot files')
+    add('--evolve', type=int, nargs='?', const=300, help='hyperparameter evolution: NOT IMPLEMENTED (error)')
+    add('--bucket', type=str, default='', help='gsutil bucket (ignored)')
+    add('--cache', type=str, nargs='?', const='ram', choices=['ram', 'disk'], help='--cache images in ram or disk')
+    add('--image-weights', action='store_true', help='use weighted image selection for training')
+    add('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    add('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
+    add('--single-cls', action='store_true', help='train multi-class data as single-class')
+    add('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
+    add('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in CUDA DDP mode')
+    add('--workers', type=_int_at_least(0), default=8, help='max dataloader workers (per RANK in DDP mode)')
+    add('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
+    add('--name', default='exp', help='save to project/name')
+    add('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    add('--quad', action='store_true', help='quad dataloader (accepted, not implemented)')
+    add('--cos-lr', action='store_true', help='cosine LR scheduler')
+    add('--label-smoothing', type=_float_in(0, 1, lo_open=False), default=0.0, help='Label smoothing epsilon')
+    add('--patience', type=_int_at_least(0), default=100, help='EarlyStopping patience (epochs without improvement)')
+    add('--freeze', nargs='+', type=_int_at_least(0), default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
+    add('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
+    add('--seed', type=int, default=0, help='Global training seed')
+    add('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
+    # upstream's logger arguments: accepted and ignored (no W&B/ClearML/Comet here)
+    add('--entity', default=None, help='ignored')
+    add('--upload_dataset', nargs='?', const=True, default=False, help='ignored')
+    add('--bbox_interval', type=int, default=-1, help='ignored')
+    add('--artifact_alias', type=str, default='latest', help='ignored')
+    # Dynamic Network Surgery (utils/dns.py); defaults in DNS_DEFAULTS, filled in by check_dns_opt
+    add('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
+    add('--target-sparsity', type=_float_in(0, 1), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
+    add('--dns-scope', choices=['layer', 'global'], default=None, help='DNS: sparsity per layer (default) or overall')
+    add('--dns-gamma', type=_float_in(0, math.inf, lo_open=False), default=None,
+        help='DNS: mask update probability (1 + gamma*k)^-power at step k, default gamma 1e-4')
+    add('--dns-power', type=_float_in(0, math.inf), default=None, help='DNS: see --dns-gamma, default 1')
+    add('--dns-band', type=_float_in(0, 1, lo_open=False), default=None,
+        help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
+    add('--dns-surgery-epochs', type=_int_at_least(1), default=None,
+        help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs)')
+    add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
+    add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
     return parser.parse_args(argv)
 
 
@@ -517,7 +527,7 @@ def main(opt: argparse.Namespace) -> None:
                 device = torch.device('cuda', local_rank)
             dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
         if not opt.resume:  # rank 0 picks the run folder, the others use the same one
-            folder = [str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if rank in {-1, 0} else '']
+            folder = [str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if rank <= 0 else '']
             if world_size > 1:
                 dist.broadcast_object_list(folder, 0)
             opt.save_dir = folder[0]

@@ -226,6 +226,10 @@ def test_sigterm_mid_run_leaves_loadable_last_pt(tiny_data, tmp_path):
     assert not list(last.parent.glob('.*.tmp'))  # no half-written temp files
 
 
+def conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach().float() for _, m in prunable_layers(model)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -233,20 +237,20 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+def test_ddp_two_processes_gloo_with_dns(tiny_data, tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
-           str(ROOT / 'train.py'), *args(tiny_data, tmp_path, '--device', 'cpu', '--noval')]
+           str(ROOT / 'train.py'), *args(tiny_data, tmp_path, '--device', 'cpu', '--noval', '--dns',
+                                          '--target-sparsity', '0.3')]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = [d.name for d in tmp_path.iterdir() if d.is_dir()]
     assert runs == ['exp']  # both ranks used rank 0's run folder
     assert [r[0] for r in read_csv(tmp_path / 'exp' / 'results.csv')[1]] == ['0']
-    assert isinstance(attempt_load(tmp_path / 'exp' / 'weights' / 'last.pt'), DetectionModel)
-
-
-def conv_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight.detach().float() for _, m in prunable_layers(model)]
+    last = tmp_path / 'exp' / 'weights' / 'last.pt'
+    assert isinstance(attempt_load(last), DetectionModel)
+    w = conv_weights(load(last)['model'])
+    assert abs(sum(int((x == 0).sum()) for x in w) / sum(x.numel() for x in w) - 0.3) <= 0.005
 
 
 @pytest.mark.slow

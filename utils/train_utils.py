@@ -159,6 +159,7 @@ def resume_opt(ckpt: dict, last: Path, defaults: argparse.Namespace) -> argparse
                             f'start a new run with --weights {last}')
     opt = argparse.Namespace(**{**vars(defaults), **saved})
     opt.cfg, opt.weights, opt.resume = '', str(last), True
+    opt.save_dir = str(Path(last).parent.parent)  # the run folder it is in now (it may have been moved)
     return opt
 
 
@@ -203,7 +204,7 @@ def save_training_checkpoint(files: Sequence[Path], model: nn.Module, ema: Any, 
         save(ckpt, f)
 
 
-def append_results(file: str | Path, epoch: int, values: Sequence[float], extra: dict[str, float] | None = None) -> None:
+def append_results(file: str | Path, epoch: int, values: Sequence[float], extra: dict[str, float] | None = None):
     """Append one row to results.csv in upstream's format ('%20s' header, '%20.5g' values, comma-separated).
 
     ``values`` are the 13 RESULTS_COLUMNS; ``extra`` adds trailing columns (e.g. sparsity), written as
@@ -277,6 +278,7 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
             dns.load_state_dict(state)
     except ValueError as e:
         raise TrainingError(f'DNS: {e}') from None
-    LOGGER.info(f"{'Resumed' if state else 'Started'} DNS: target sparsity {opt.target_sparsity:.1%} ({opt.dns_scope}), "
-                f'{len(dns.names)} weight tensors, surgery for {opt.dns_surgery_epochs} epochs ({steps} steps)')
+    LOGGER.info(f"{'Resumed' if state else 'Started'} DNS: target sparsity {opt.target_sparsity:.1%} "
+                f'({opt.dns_scope} scope) on {len(dns.names)} weight tensors, surgery for '
+                f'{opt.dns_surgery_epochs} epochs ({steps} optimizer steps)')
     return dns
