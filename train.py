@@ -45,8 +45,8 @@ from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_pat
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, init_seeds, select_device,
-                               smart_optimizer, sparsity, torch_distributed_zero_first)
+from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, device_info, init_seeds,
+                               select_device, smart_optimizer, sparsity, torch_distributed_zero_first)
 from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingError, any_rank, append_results,
                                ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, multi_scale, opt_dict,
                                restore_training_state, resume_opt, save_training_checkpoint, warmup,
@@ -514,6 +514,7 @@ def main(opt: argparse.Namespace) -> None:
     try:
         opt = resolve_opt(opt)
         device = select_device(opt.device, batch_size=opt.batch_size)
+        LOGGER.info(device_info(device))
         if local_rank != -1:
             msg = 'is not compatible with YOLOv5 multi-process DDP training'
             if opt.image_weights:
@@ -531,13 +532,15 @@ def main(opt: argparse.Namespace) -> None:
             if world_size > 1:
                 dist.broadcast_object_list(folder, 0)
             opt.save_dir = folder[0]
+        LOGGER.info(colorstr('train: ') + ', '.join(f'{k}={v}' for k, v in vars(opt).items() if k != 'hyp'))
         with StopSignal() as stop:
             train(opt.hyp, opt, device, stop)
     except Interrupted as e:
         LOGGER.warning(str(e))
         raise SystemExit(128 + e.signum) from None
-    except KeyboardInterrupt:
-        raise SystemExit('Interrupted (second signal): last.pt is the last one saved before it') from None
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's checkpoint was pending
+        LOGGER.warning('Interrupted: the last checkpoint written before the interrupt is kept')
+        raise SystemExit(128 + signal.SIGINT) from None
     except (TrainingError, CheckpointError, DownloadError, DeviceError, FileNotFoundError) as e:
         raise SystemExit(f'ERROR: {e}') from None
     finally:

@@ -18,10 +18,10 @@ import train
 from models.common import C3, Conv
 from models.experimental import attempt_load
 from models.yolo import Detect, DetectionModel
-from utils.checkpoint import load
+from utils.checkpoint import load, make_checkpoint, save
 from utils.dataloaders import check_dataset
 from utils.loss import ComputeLoss
-from utils.sparsity import prunable_layers
+from utils.sparsity import prunable_layers, prune
 from utils.train_utils import DNS_COLUMNS, RESULTS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +205,17 @@ def test_nonfinite_loss_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypa
     assert ckpt['epoch'] == 0 and ckpt['optimizer'] is not None  # the epoch-0 checkpoint, not overwritten
     for m in (ckpt['model'], ckpt['ema']):
         assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_pruned_weights_report_sparsity_column(tiny_data, tmp_path, upstream_dir):
+    model = attempt_load(upstream_dir / 'yolov5n-v7.0.pt', fuse=False)
+    prune(model, 0.3)
+    save(make_checkpoint(model), tmp_path / 'pruned.pt')
+    assert run_main(args(tiny_data, tmp_path, '--weights', str(tmp_path / 'pruned.pt'), '--noval')) is None
+    header, rows = read_csv(tmp_path / 'exp' / 'results.csv')
+    assert header == ['epoch', *RESULTS_COLUMNS, 'sparsity']
+    assert 0 <= float(rows[0][-1]) <= 0.3  # no DNS: nothing keeps pruned weights at zero, the column says so
 
 
 @pytest.mark.slow
