@@ -161,6 +161,24 @@ def test_smoke_one_epoch_outputs(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_option_combination_runs(tiny_data, tmp_path):
+    """Less common flags together: they must all reach the loop and leave their traces."""
+    extra = ['--multi-scale', '--image-weights', '--cos-lr', '--freeze', '3', '--optimizer', 'AdamW',
+             '--label-smoothing', '0.1', '--cache', '--save-period', '1', '--single-cls', '--noautoanchor', '--quad']
+    assert run_main(args(tiny_data, tmp_path, *extra, epochs=2)) is None
+    w = tmp_path / 'exp' / 'weights'
+    assert (w / 'epoch0.pt').is_file() and (w / 'epoch1.pt').is_file()
+    ckpt = load(w / 'epoch0.pt')
+    assert ckpt['opt']['optimizer'] == 'AdamW' and ckpt['model'].names == {0: 'item'} and ckpt['model'].nc == 1
+    assert ckpt['model'].hyp['label_smoothing'] == 0.1
+    frozen = ckpt['optimizer']['state']  # frozen parameters (layers 0-2) never get optimizer state
+    assert 0 < len(frozen) < sum(1 for _ in ckpt['model'].parameters())
+    model = load(w / 'last.pt')['model']
+    start = dict(load(w / 'epoch0.pt')['model'].named_parameters())
+    assert all(torch.equal(p, start[k]) for k, p in model.named_parameters() if k.startswith('model.0.'))
+
+
+@pytest.mark.slow
 def test_interrupt_then_resume_continues_epochs(tiny_data, tmp_path, monkeypatch):
     signal_at(monkeypatch, NB + 1)  # epoch 1, iteration 1
     code = run_main(args(tiny_data, tmp_path, '--noval', epochs=2))
