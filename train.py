@@ -144,6 +144,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     nw = max(round(hyp['warmup_epochs'] * nb), 100)  # warmup iterations
     dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if resume else None) if opt.dns else None
     report_sparsity = dns is not None or float(sparsity(m)) >= 0.01
+    dns_seen = {}  # DNS pruned/spliced totals at the last epoch end
     del ckpt
 
     # Training
@@ -241,7 +242,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             fi = float(fitness(np.array(results).reshape(1, -1))[0])
             stop_early = stopper(epoch=epoch, fitness=fi)
             best_fitness = max(best_fitness, fi)
-            extra = sparsity_columns(ema.ema, dns) if report_sparsity else None
+            extra = sparsity_columns(ema.ema, dns, dns_seen) if report_sparsity else None
             append_results(save_dir / 'results.csv', epoch, [*mloss.tolist(), *results, *lr], extra)
             if not opt.nosave or final_epoch:
                 files = [last] + [best] * (best_fitness == fi)
@@ -260,7 +261,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     if main_rank:
         LOGGER.info(f'\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
         if dns:
-            LOGGER.info(dns.layer_table())
+            LOGGER.info(f"{colorstr('DNS: ')}masks per layer; pruned/spliced counted since this run "
+                        f"{'resumed' if resume else 'started'}\n{dns.layer_table()}")
             if not dns.frozen:
                 LOGGER.warning(f'WARNING ⚠️ training stopped before the end of the DNS surgery phase '
                                f'(--dns-surgery-epochs {opt.dns_surgery_epochs}): the saved masks are '
@@ -274,10 +276,10 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                     LOGGER.info(f'{colorstr("sparsity: ")}{sparsity(model_best)}')
                     is_coco = str(data_dict['val']).replace('\\', '/').endswith('coco/val2017.txt')
                     results, _, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
-                                            model=model_best, iou_thres=0.65 if is_coco else 0.60,
-                                            single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
-                                            save_json=is_coco, verbose=True, plots=plots, compute_loss=compute_loss,
-                                            half=amp)
+                                                 model=model_best, iou_thres=0.65 if is_coco else 0.60,
+                                                 single_cls=opt.single_cls, dataloader=val_loader,
+                                                 save_dir=save_dir, save_json=is_coco, verbose=True, plots=plots,
+                                                 compute_loss=compute_loss, half=amp)
         if plots:
             plot_results(file=save_dir / 'results.csv')
         LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
@@ -339,19 +341,24 @@ def build_model(weights: str, cfg: str, hyp: dict, nc: int, device: torch.device
     return model, ckpt
 
 
-def sparsity_columns(model: nn.Module, dns) -> dict[str, float | int]:
-    """Trailing results.csv columns: the evaluated model's true sparsity (+ DNS pruned/spliced counts), logged too."""
+def sparsity_columns(model: nn.Module, dns, seen: dict[str, int]) -> dict[str, float | int]:
+    """Trailing results.csv columns: the evaluated model's true sparsity (+ DNS pruned/spliced counts), logged too.
+
+    DNS counts run from the start of the run (for the final per-layer table); ``seen`` holds the totals at the
+    previous epoch, so the columns get this epoch's counts.
+    """
     r = sparsity(model)
     LOGGER.info(f'{colorstr("sparsity: ")}{r}')
     if dns is None:
         return {'sparsity': float(r)}
     s = dns.summary()
+    pruned, spliced = s['pruned'] - seen.get('pruned', 0), s['spliced'] - seen.get('spliced', 0)
+    seen.update(s)
     phase = 'masks frozen' if dns.frozen else (f'surgery step {dns.step}/{dns.cfg.surgery_steps}, '
                                                f'scheduled {dns.scheduled_sparsity:.1%}')
     LOGGER.info(f"{colorstr('DNS: ')}masks {s['sparsity']:.1%} sparse ({phase}); "
-                f"{s['pruned']} pruned, {s['spliced']} spliced this epoch")
-    dns.reset_counters()
-    return dict(zip(DNS_COLUMNS, (float(r), s['pruned'], s['spliced'])))
+                f'{pruned} pruned, {spliced} spliced this epoch')
+    return dict(zip(DNS_COLUMNS, (float(r), pruned, spliced)))
 
 
 def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
