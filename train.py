@@ -459,8 +459,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-power', type=_float_in(0, math.inf), default=None, help='DNS: see --dns-gamma, default 1')
     add('--dns-band', type=_float_in(0, 1, lo_open=False), default=None,
         help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
-    add('--dns-surgery-epochs', type=_int_at_least(1), default=None,
-        help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs)')
+    add('--dns-surgery-epochs', type=_int_at_least(0), default=None,
+        help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs; '
+             '0 = one-shot prune at the start, then fine-tune with fixed masks)')
     add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
     add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
     return parser.parse_args(argv)
@@ -486,7 +487,7 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
         if getattr(opt, k) is None:
             setattr(opt, k, v)
     if opt.dns_surgery_epochs is None:
-        opt.dns_surgery_epochs = max(1, round(opt.epochs * 2 / 3))
+        opt.dns_surgery_epochs = max(1, round(opt.epochs * 2 / 3))  # 0 only when asked for (fixed masks)
     if opt.dns_surgery_epochs > opt.epochs:
         raise TrainingError(f'--dns-surgery-epochs {opt.dns_surgery_epochs} exceeds --epochs {opt.epochs}')
 

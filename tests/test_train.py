@@ -313,3 +313,24 @@ def test_dns_finetune_hits_target_and_resume_keeps_masks(tiny_data, tmp_path, mo
     assert [r[0] for r in rows] == ['0', '1']
     assert abs(float(rows[-1][header.index('sparsity')]) - 0.5) <= 0.005
     assert int(rows[0][header.index('dns/pruned')]) > 0
+
+
+@pytest.mark.slow
+def test_dns_zero_surgery_epochs_is_prune_then_fixed_masks(tiny_data, tmp_path, upstream_dir):
+    """--dns-surgery-epochs 0: masks cut once from the starting weights (the same zeros as one-shot layer-wise
+    prune) and never changed while fine-tuning."""
+    fixture = upstream_dir / 'yolov5n-v7.0.pt'
+    dns_args = ['--weights', str(fixture), '--dns', '--target-sparsity', '0.4', '--dns-surgery-epochs', '0',
+                '--noautoanchor', '--noval']
+    assert run_main(args(tiny_data, tmp_path, *dns_args, epochs=1)) is None
+    ckpt = load(tmp_path / 'exp' / 'weights' / 'last.pt')
+    assert ckpt['dns']['frozen']
+    start = attempt_load(fixture, fuse=False)
+    prune(start, 0.4)
+    expected = {n: p != 0 for n, p in start.named_parameters() if n.endswith('weight') and p.dim() == 4}
+    masks = ckpt['dns']['masks']
+    assert masks.keys() == expected.keys()
+    same = sum(int((masks[k] == expected[k]).sum()) for k in masks) / sum(m.numel() for m in masks.values())
+    assert same > 0.999  # identical up to ties between FP16 and FP32 magnitudes
+    header, rows = read_csv(tmp_path / 'exp' / 'results.csv')
+    assert int(rows[0][header.index('dns/spliced')]) == 0

@@ -263,7 +263,8 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
 
     The surgery phase lasts --dns-surgery-epochs epochs of ``nb`` batches, converted to optimizer steps with the
     loop's accumulation rule (warmup over ``nw`` iterations, nominal batch ``nbs``). ``state`` (ckpt['dns'])
-    restores masks, masked values, step and RNG on --resume.
+    restores masks, masked values, step and RNG on --resume. --dns-surgery-epochs 0 means no surgery: the masks are
+    cut once from the starting weights (one-shot magnitude pruning) and stay fixed, i.e. prune + fine-tune.
     """
     from utils.dns import DNS
 
@@ -276,6 +277,8 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
                   exclude_first=opt.prune_exclude_first, exclude_detect=opt.prune_exclude_detect)
         if state is not None:
             dns.load_state_dict(state)
+        elif opt.dns_surgery_epochs == 0:  # no surgery: one-shot magnitude cut now, fixed masks while fine-tuning
+            dns.finish()
     except ValueError as e:
         raise TrainingError(f'DNS: {e}') from None
     LOGGER.info(f"{'Resumed' if state else 'Started'} DNS: target sparsity {opt.target_sparsity:.1%} "
