@@ -43,6 +43,7 @@ def parse_opt() -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds')
     parser.add_argument('--iters', type=int, default=5, help='timed rounds (one step of every variant each)')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA device like 'cuda:0'")
     parser.add_argument('--target', type=float, default=0.5, help='DNS target sparsity')
     parser.add_argument('--scope', default='layer', choices=('layer', 'global'))
     parser.add_argument('--gamma', type=float, default=1e-4, help='sigma(k) = (1 + gamma*k)^-1 for the average line')
@@ -63,32 +64,41 @@ def make_variant(base: torch.nn.Module, name: str, target: float, scope: str):
     return model, opt, dns
 
 
+def _now(device: torch.device) -> float:
+    """Wall clock (s) after pending GPU work has finished."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def step(model, opt, dns, imgs) -> tuple[float, float]:
     """One training step; returns (step seconds, seconds inside the DNS hooks)."""
-    t0 = time.perf_counter()
+    d = imgs.device
+    t0 = _now(d)
     loss = sum(p.float().pow(2).mean() for p in model(imgs))
     loss.backward()
-    t1 = time.perf_counter()
+    t1 = _now(d)
     if dns:
         dns.before_step()
-    t2 = time.perf_counter()
+    t2 = _now(d)
     opt.step()
     opt.zero_grad()
-    t3 = time.perf_counter()
+    t3 = _now(d)
     if dns:
         dns.after_step()
-    t4 = time.perf_counter()
+    t4 = _now(d)
     return t4 - t0, (t2 - t1) + (t4 - t3)
 
 
 def run(cfg: str = 'yolov5s.yaml', img: int = 320, batch: int = 2, warmup: int = 2, iters: int = 5,
         threads: int = 1, target: float = 0.5, scope: str = 'layer', gamma: float = 1e-4,
-        surgery_steps: int = 10000) -> dict[str, tuple[float, float]]:
+        surgery_steps: int = 10000, device: str = 'cpu') -> dict[str, tuple[float, float]]:
     """Print and return {variant: (median step s, median hook s)}."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    base = DetectionModel(cfg)
-    imgs = torch.rand(batch, 3, img, img)
+    dev = torch.device(device)
+    base = DetectionModel(cfg).to(dev)
+    imgs = torch.rand(batch, 3, img, img, device=dev)
     variants = {name: make_variant(base, name, target, scope) for name in VARIANTS}
     times = {name: [] for name in VARIANTS}
     for i in range(warmup + iters):
@@ -99,7 +109,8 @@ def run(cfg: str = 'yolov5s.yaml', img: int = 320, batch: int = 2, warmup: int =
 
     plain = statistics.median(t for t, _ in times['plain'])
     nparams = sum(p.numel() for p in base.parameters())
-    print(f'{cfg} ({nparams / 1e6:.2f}M params), {img} px, batch {batch}, {threads} CPU thread(s), '
+    where = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{threads} CPU thread(s)'
+    print(f'{cfg} ({nparams / 1e6:.2f}M params), {img} px, batch {batch}, {where}, '
           f'{iters} timed rounds after {warmup} warmup; DNS target {target} scope {scope}')
     print(f"{'variant':<12}{'step ms':>10}{'ratio':>8}{'hooks ms':>10}{'hooks/plain':>13}")
     result = {}
