@@ -96,10 +96,10 @@ def plot(rows: list[Row], file: Path) -> Path:
     return file
 
 
-def write_all(rows: list[Row], save_dir: Path) -> dict[str, Path]:
-    """Write comparison.csv, comparison.md and comparison.png into ``save_dir``."""
+def write_all(rows: list[Row], save_dir: Path, caption: str = '') -> dict[str, Path]:
+    """Write comparison.csv, comparison.md (table, then ``caption`` if given) and comparison.png into ``save_dir``."""
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     md = save_dir / 'comparison.md'
-    md.write_text(markdown(rows))
+    md.write_text(markdown(rows) + (f'\n{caption}\n' if caption else ''))
     return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': plot(rows, save_dir / 'comparison.png')}

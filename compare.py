@@ -1,0 +1,178 @@
+"""Reproduce the comparison table: dense vs one-shot pruned vs (one-shot + fine-tuned) vs DNS.
+
+Usage:
+    python compare.py                                   # the whole story on the embedded set, offline, CPU
+    python compare.py --data coco.yaml --weights yolov5x.pt --img 640 --batch-size 32 --half --finetune-epochs 0
+    python compare.py --weights best.pt --dns-weights runs/train/dns50/weights/last.pt
+
+Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
+--finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
+from the same dense weights for the same number of epochs; then any --dns-weights given. Every row is saved as
+an upstream-compatible FP16 checkpoint (its size = dense MB) and in the compact sparse form (compact MB), and
+evaluated by val.run. Outputs comparison.csv / .md / .png in runs/val/compare*/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+import train as trainer
+import val as validate
+from models.experimental import attempt_load
+from utils.checkpoint import CheckpointError, load, make_checkpoint, save
+from utils.comparison import Row, write_all
+from utils.dataloaders import check_dataset
+from utils.downloads import DownloadError
+from utils.cli import float_in, int_at_least
+from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
+from utils.torch_utils import DeviceError, prune, select_device, sparsity
+
+DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
+
+
+def save_variant(model: torch.nn.Module, ckpt_src: dict, file: Path) -> tuple[float, float]:
+    """Save ``model`` as a release-style FP16 checkpoint (dense form) and in compact form; sizes in MB."""
+    ckpt = make_checkpoint(model, opt=ckpt_src.get('opt'))
+    save(ckpt, file)
+    compact = file.with_name(file.stem + '.compact.pt')
+    save(ckpt, compact, compact=True)
+    return file.stat().st_size / 1e6, compact.stat().st_size / 1e6
+
+
+def evaluate(weights: Path, opt: argparse.Namespace, save_dir: Path, row: Row, save_json: bool) -> Row:
+    """Run val.run on ``weights`` and copy its metrics.json into ``row``."""
+    validate.run(data=opt.data, weights=[str(weights)], batch_size=opt.batch_size, imgsz=opt.imgsz,
+                 device=opt.device, workers=opt.workers, half=opt.half, save_json=save_json, plots=False,
+                 project=str(save_dir / 'val'), name=weights.stem, exist_ok=True, verbose=False)
+    m = json.loads((save_dir / 'val' / weights.stem / 'metrics.json').read_text())
+    nan = math.nan
+    row.sparsity, row.sparsity_all = m['sparsity'], m['sparsity_all']
+    row.P, row.R, row.mAP50, row.mAP50_95 = m['P'], m['R'], m['mAP50'], m['mAP50-95']
+    row.coco_AP = nan if m['coco_AP'] is None else m['coco_AP']
+    row.coco_AR100 = nan if m['coco_AR100'] is None else m['coco_AR100']
+    row.ms_per_img, row.batch, row.precision = m['ms_per_img'], m['batch'], m['precision']
+    row.weights = str(weights)
+    return row
+
+
+def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path, surgery: bool) -> Path:
+    """Train from ``dense`` for --finetune-epochs to ``amount`` sparsity: DNS (surgery) or fixed one-shot masks."""
+    name = f"{'dns' if surgery else 'oneshot-ft'}-{opt.finetune_scope}-{amount:g}"
+    trainer.run(weights=str(dense), data=opt.data, hyp=opt.hyp, epochs=opt.finetune_epochs, imgsz=opt.imgsz,
+                batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, dns=True,
+                target_sparsity=amount, dns_scope=opt.finetune_scope,
+                dns_surgery_epochs=max(opt.finetune_epochs - 1, 1) if surgery else 0,
+                project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
+                noautoanchor=True, seed=opt.seed)
+    return save_dir / 'train' / name / 'weights' / 'last.pt'
+
+
+def dense_weights(opt: argparse.Namespace, save_dir: Path) -> Path:
+    """--weights, or the shipped embedded-set model, or (if neither exists) a freshly trained yolov5n."""
+    if opt.weights:
+        return Path(opt.weights)
+    if DEFAULT_WEIGHTS.exists():
+        return DEFAULT_WEIGHTS
+    LOGGER.info(f'{DEFAULT_WEIGHTS} not found: training a dense yolov5n from scratch for {opt.dense_epochs} epochs')
+    trainer.run(data=opt.data, cfg='yolov5n.yaml', weights='', epochs=opt.dense_epochs, imgsz=opt.imgsz,
+                batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers,
+                project=str(save_dir / 'train'), name='dense', exist_ok=True, seed=opt.seed)
+    return save_dir / 'train' / 'dense' / 'weights' / 'best.pt'
+
+
+def run(opt: argparse.Namespace) -> list[Row]:
+    """Build every row, evaluate it, write comparison.{csv,md,png}; returns the rows."""
+    t0 = time.time()
+    data = check_dataset(opt.data)
+    save_json = bool(data.get('coco_json')) or 'coco' in str(opt.data)
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    models_dir = save_dir / 'models'
+    models_dir.mkdir(parents=True, exist_ok=True)
+    dense = dense_weights(opt, save_dir)
+    src = load(dense)
+
+    def one(model: torch.nn.Module, row: Row, stem: str) -> Row:
+        file = models_dir / f'{stem}.pt'
+        row.size_dense_mb, row.size_compact_mb = save_variant(model, src, file)
+        row.params = sum(p.numel() for p in model.parameters())
+        rows.append(evaluate(file, opt, save_dir, row, save_json))
+        LOGGER.info(f"{colorstr('compare:')} {row.method} {row.scope} {row.target:g}: sparsity {row.sparsity:.3f} "
+                    f'mAP50-95 {row.mAP50_95:.3f}')
+        return row
+
+    rows: list[Row] = []
+    one(attempt_load(dense, fuse=False), Row('dense'), 'dense')
+    for scope in opt.scopes:
+        for a in opt.amounts:
+            model = attempt_load(dense, fuse=False)
+            prune(model, a, scope=scope)
+            one(model, Row('one-shot', scope, a), f'oneshot-{scope}-{a:g}')
+    if opt.finetune_epochs > 0:
+        for a in opt.amounts:
+            for method, surgery in (('one-shot+ft', False), ('dns', True)):
+                last = finetune(dense, a, opt, save_dir, surgery)
+                one(attempt_load(last, fuse=False), Row(method, opt.finetune_scope, a, epochs=opt.finetune_epochs),
+                    f"{'dns' if surgery else 'oneshot-ft'}-{opt.finetune_scope}-{a:g}")
+    for w in opt.dns_weights:
+        model = attempt_load(w, fuse=False)
+        rep = sparsity(model)
+        one(model, Row('dns', '-', round(rep.prunable, 2)), f'dns-given-{Path(w).stem}')
+    device = select_device(opt.device)
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+    caption = (f'{Path(opt.data).name}, {opt.imgsz} px, val batch {opt.batch_size}; dense weights {dense}; '
+               f'trained rows: {opt.finetune_epochs} epochs each, {opt.finetune_scope} scope, hyp {Path(opt.hyp).name}. '
+               f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}` '
+               f'in {time.time() - t0:.0f} s on {where}.')
+    out = write_all(rows, save_dir, caption)
+    LOGGER.info('\n' + out['md'].read_text())
+    LOGGER.info(f'comparison written to {save_dir} ({", ".join(p.name for p in out.values())})')
+    return rows
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Dense vs one-shot pruned vs DNS comparison table')
+    p.add_argument('--data', default=str(ROOT / 'data' / 'shapes.yaml'), help='dataset.yaml path')
+    p.add_argument('--weights', default='', help=f'dense weights (default {DEFAULT_WEIGHTS.relative_to(ROOT)}, '
+                                                 'trained first if missing)')
+    p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=[0.3, 0.5, 0.7], help='sparsities to compare')
+    p.add_argument('--scopes', nargs='+', choices=['layer', 'global'], default=['layer', 'global'],
+                   help='one-shot pruning scopes')
+    p.add_argument('--finetune-epochs', type=int_at_least(0), default=3,
+                   help='epochs of fine-tuning for one-shot+ft and of DNS training per amount; 0 skips training rows')
+    p.add_argument('--finetune-scope', choices=['layer', 'global'], default='global',
+                   help='sparsity scope of the trained rows (one-shot+ft and DNS)')
+    p.add_argument('--dns-weights', nargs='*', default=[], help='extra DNS-trained checkpoints to add as rows')
+    p.add_argument('--dense-epochs', type=int_at_least(0), default=30, help='epochs if the dense model must be trained')
+    p.add_argument('--hyp', default=str(ROOT / 'data' / 'hyps' / 'hyp.finetune-sparse.yaml'), help='fine-tuning hyps')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=256, help='image size (pixels)')
+    p.add_argument('--batch-size', type=int, default=32, help='val batch size')
+    p.add_argument('--train-batch-size', type=int, default=16, help='fine-tuning batch size')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or cpu')
+    p.add_argument('--workers', type=int, default=2, help='dataloader workers')
+    p.add_argument('--half', action='store_true', help='FP16 evaluation (CUDA only)')
+    p.add_argument('--seed', type=int, default=0, help='training seed')
+    p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')
+    p.add_argument('--name', default='compare', help='save to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> list[Row]:
+    set_logging()
+    try:
+        return run(opt)
+    except (CheckpointError, DownloadError, DeviceError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'ERROR: {e}') from None
+
+
+if __name__ == '__main__':
+    main(parse_opt())

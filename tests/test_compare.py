@@ -1,0 +1,45 @@
+"""compare.py end to end on a tiny subset of the embedded set (slow): every row evaluated, all files written."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import compare
+from utils.dataloaders import check_dataset
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> Path:
+    d = check_dataset('shapes.yaml')
+    tmp = tmp_path_factory.mktemp('cmp_data')
+    for split, n in (('train', 8), ('val', 8)):
+        files = sorted(Path(d[split]).glob('*.jpg'))[:n]
+        (tmp / f'{split}.txt').write_text('\n'.join(str(f) for f in files) + '\n')
+    f = tmp / 'tiny.yaml'
+    f.write_text(f'path: {tmp}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
+    return f
+
+
+@pytest.mark.slow
+def test_compare_cli_rows_and_files(tiny_data, tmp_path, upstream_dir):
+    rows = compare.main(compare.parse_opt([
+        '--data', str(tiny_data), '--weights', str(upstream_dir / 'yolov5n-v7.0.pt'), '--amounts', '0.5',
+        '--scopes', 'layer', 'global', '--finetune-epochs', '1', '--imgsz', '64', '--batch-size', '8',
+        '--train-batch-size', '4', '--workers', '0', '--project', str(tmp_path)]))
+    assert [(r.method, r.scope) for r in rows] == [('dense', '-'), ('one-shot', 'layer'), ('one-shot', 'global'),
+                                                  ('one-shot+ft', 'global'), ('dns', 'global')]
+    assert rows[0].sparsity < 1e-4 and all(abs(r.sparsity - 0.5) < 0.005 for r in rows[1:])
+    assert all(r.size_compact_mb < 0.6 * r.size_dense_mb for r in rows[1:])
+    out = tmp_path / 'compare'
+    with open(out / 'comparison.csv') as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert (out / 'comparison.png').stat().st_size > 0
+    assert 'Made by `python' in (out / 'comparison.md').read_text()
+
+
+def test_bad_amount_is_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.parse_opt(['--amounts', '1.2'])
+    assert e.value.code == 2 and 'must be in (0, 1)' in capsys.readouterr().err
