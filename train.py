@@ -40,6 +40,7 @@ from utils.autoanchor import check_anchors
 from utils.checkpoint import CheckpointError, load, strip_optimizer
 from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
+from utils.cli import float_in, int_at_least
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, intersect_dicts, set_logging,
                            yaml_load, yaml_save)
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -378,15 +379,6 @@ def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimiz
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _int_at_least(lo: int):
-    def parse(s: str) -> int:
-        v = int(s)
-        if v < lo:
-            raise argparse.ArgumentTypeError(f'must be an integer >= {lo}, got {s}')
-        return v
-    return parse
-
-
 def _batch_size(s: str) -> int:
     v = int(s)
     if v == -1:
@@ -394,17 +386,6 @@ def _batch_size(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f'must be a positive integer, got {s}')
     return v
-
-
-def _float_in(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True):
-    def parse(s: str) -> float:
-        v = float(s)
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok or not math.isfinite(v):
-            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            raise argparse.ArgumentTypeError(f'must be in {interval}, got {s}')
-        return v
-    return parse
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -415,9 +396,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--cfg', type=str, default='', help='model.yaml path (default models/yolov5n.yaml without --weights)')
     add('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
     add('--hyp', type=str, default=str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), help='hyperparameters path')
-    add('--epochs', type=_int_at_least(1), default=30, help='total training epochs')
+    add('--epochs', type=int_at_least(1), default=30, help='total training epochs')
     add('--batch-size', type=_batch_size, default=16, help='total batch size for all ranks')
-    add('--imgsz', '--img', '--img-size', type=_int_at_least(1), default=256, help='train, val image size (pixels)')
+    add('--imgsz', '--img', '--img-size', type=int_at_least(1), default=256, help='train, val image size (pixels)')
     add('--rect', action='store_true', help='rectangular training')
     add('--resume', nargs='?', const=True, default=False, help='resume most recent training (or the given last.pt)')
     add('--nosave', action='store_true', help='only save final checkpoint')
@@ -433,15 +414,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--single-cls', action='store_true', help='train multi-class data as single-class')
     add('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
     add('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in CUDA DDP mode')
-    add('--workers', type=_int_at_least(0), default=8, help='max dataloader workers (per RANK in DDP mode)')
+    add('--workers', type=int_at_least(0), default=8, help='max dataloader workers (per RANK in DDP mode)')
     add('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
     add('--name', default='exp', help='save to project/name')
     add('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     add('--quad', action='store_true', help='quad dataloader (accepted, not implemented)')
     add('--cos-lr', action='store_true', help='cosine LR scheduler')
-    add('--label-smoothing', type=_float_in(0, 1, lo_open=False), default=0.0, help='Label smoothing epsilon')
-    add('--patience', type=_int_at_least(0), default=100, help='EarlyStopping patience (epochs without improvement)')
-    add('--freeze', nargs='+', type=_int_at_least(0), default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
+    add('--label-smoothing', type=float_in(0, 1, hi_open=True), default=0.0, help='Label smoothing epsilon')
+    add('--patience', type=int_at_least(0), default=100, help='EarlyStopping patience (epochs without improvement)')
+    add('--freeze', nargs='+', type=int_at_least(0), default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
     add('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
     add('--seed', type=int, default=0, help='Global training seed')
     add('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
@@ -452,14 +433,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--artifact_alias', type=str, default='latest', help='ignored')
     # Dynamic Network Surgery (utils/dns.py); defaults in DNS_DEFAULTS, filled in by check_dns_opt
     add('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
-    add('--target-sparsity', type=_float_in(0, 1), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
+    add('--target-sparsity', type=float_in(0, 1, lo_open=True, hi_open=True), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
     add('--dns-scope', choices=['layer', 'global'], default=None, help='DNS: sparsity per layer (default) or overall')
-    add('--dns-gamma', type=_float_in(0, math.inf, lo_open=False), default=None,
+    add('--dns-gamma', type=float_in(0, math.inf, hi_open=True), default=None,
         help='DNS: mask update probability (1 + gamma*k)^-power at step k, default gamma 1e-4')
-    add('--dns-power', type=_float_in(0, math.inf), default=None, help='DNS: see --dns-gamma, default 1')
-    add('--dns-band', type=_float_in(0, 1, lo_open=False), default=None,
+    add('--dns-power', type=float_in(0, math.inf, lo_open=True, hi_open=True), default=None, help='DNS: see --dns-gamma, default 1')
+    add('--dns-band', type=float_in(0, 1, hi_open=True), default=None,
         help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
-    add('--dns-surgery-epochs', type=_int_at_least(0), default=None,
+    add('--dns-surgery-epochs', type=int_at_least(0), default=None,
         help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs; '
              '0 = one-shot prune at the start, then fine-tune with fixed masks)')
     add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')

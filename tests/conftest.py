@@ -18,3 +18,16 @@ def upstream_dir() -> Path:
     if not UPSTREAM.is_dir():
         pytest.skip(f'upstream fixtures not found at {UPSTREAM}')
     return UPSTREAM
+
+
+def shapes_subset(root: Path, n_train: int, n_val: int) -> Path:
+    """A data yaml in ``root`` listing the first n_train / n_val images of the embedded shapes set."""
+    from utils.dataloaders import check_dataset
+
+    d = check_dataset('shapes.yaml')  # generates the set offline on first use
+    for split, n in (('train', n_train), ('val', n_val)):
+        files = sorted(Path(d[split]).glob('*.jpg'))[:n]
+        (root / f'{split}.txt').write_text('\n'.join(str(f) for f in files) + '\n')
+    f = root / 'tiny.yaml'
+    f.write_text(f'path: {root}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
+    return f

@@ -7,19 +7,12 @@ from pathlib import Path
 import pytest
 
 import compare
-from utils.dataloaders import check_dataset
+from tests.conftest import shapes_subset
 
 
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory) -> Path:
-    d = check_dataset('shapes.yaml')
-    tmp = tmp_path_factory.mktemp('cmp_data')
-    for split, n in (('train', 8), ('val', 8)):
-        files = sorted(Path(d[split]).glob('*.jpg'))[:n]
-        (tmp / f'{split}.txt').write_text('\n'.join(str(f) for f in files) + '\n')
-    f = tmp / 'tiny.yaml'
-    f.write_text(f'path: {tmp}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
-    return f
+    return shapes_subset(tmp_path_factory.mktemp('cmp_data'), 8, 8)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from models.common import C3, Conv
 from models.experimental import attempt_load
 from models.yolo import Detect, DetectionModel
 from utils.checkpoint import load, make_checkpoint, save
-from utils.dataloaders import check_dataset
+from tests.conftest import shapes_subset
 from utils.loss import ComputeLoss
 from utils.sparsity import prunable_layers, prune
 from utils.train_utils import DNS_COLUMNS, RESULTS_COLUMNS
@@ -31,14 +31,7 @@ NB = 3  # batches per epoch: 12 training images, --batch-size 4
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory) -> Path:
     """A data yaml listing 12 training and 4 validation images of the embedded shapes set."""
-    d = check_dataset('shapes.yaml')  # generates the set offline on first use
-    tmp = tmp_path_factory.mktemp('tiny_data')
-    for split, n in (('train', 12), ('val', 4)):
-        files = sorted(Path(d[split]).glob('*.jpg'))[:n]
-        (tmp / f'{split}.txt').write_text('\n'.join(str(f) for f in files) + '\n')
-    f = tmp / 'tiny.yaml'
-    f.write_text(f'path: {tmp}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
-    return f
+    return shapes_subset(tmp_path_factory.mktemp('tiny_data'), 12, 4)
 
 
 @pytest.fixture(autouse=True)
