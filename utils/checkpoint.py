@@ -147,6 +147,9 @@ def save(ckpt: dict[str, Any], path: str | Path, compact: bool = False) -> None:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
