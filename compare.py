@@ -146,7 +146,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=[0.3, 0.5, 0.7], help='sparsities to compare')
     p.add_argument('--scopes', nargs='+', choices=['layer', 'global'], default=['layer', 'global'],
                    help='one-shot pruning scopes')
-    p.add_argument('--finetune-epochs', type=int_at_least(0), default=3,
+    p.add_argument('--finetune-epochs', type=int_at_least(0), default=5,
                    help='epochs of fine-tuning for one-shot+ft and of DNS training per amount; 0 skips training rows')
     p.add_argument('--finetune-scope', choices=['layer', 'global'], default='global',
                    help='sparsity scope of the trained rows (one-shot+ft and DNS)')
