@@ -440,6 +440,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-power', type=float_in(0, math.inf, lo_open=True, hi_open=True), default=None, help='DNS: see --dns-gamma, default 1')
     add('--dns-band', type=float_in(0, 1, hi_open=True), default=None,
         help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
+    add('--dns-schedule', choices=['cubic', 'constant'], default=None,
+        help='DNS: target of the mask updates during surgery: cubic ramp from the current sparsity to S '
+             '(Zhu & Gupta, default) or constant S from the first step (the original DNS: one-shot masks, then '
+             'pruning and splicing around a fixed threshold)')
     add('--dns-surgery-epochs', type=int_at_least(0), default=None,
         help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs; '
              '0 = one-shot prune at the start, then fine-tune with fixed masks)')
@@ -448,13 +452,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1}
+DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'cubic'}
 
 
 def check_dns_opt(opt: argparse.Namespace) -> None:
     """Validate the DNS flag combination and fill in defaults (raises TrainingError with one line)."""
     flags = {'--target-sparsity': opt.target_sparsity, '--dns-scope': opt.dns_scope, '--dns-gamma': opt.dns_gamma,
              '--dns-power': opt.dns_power, '--dns-band': opt.dns_band, '--dns-surgery-epochs': opt.dns_surgery_epochs,
+             '--dns-schedule': opt.dns_schedule,
              '--prune-exclude-first': opt.prune_exclude_first or None,
              '--prune-exclude-detect': opt.prune_exclude_detect or None}
     if not opt.dns:
