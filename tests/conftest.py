@@ -31,3 +31,17 @@ def shapes_subset(root: Path, n_train: int, n_val: int) -> Path:
     f = root / 'tiny.yaml'
     f.write_text(f'path: {root}\ntrain: train.txt\nval: val.txt\nnames: {{0: circle, 1: rectangle, 2: triangle}}\n')
     return f
+
+
+@pytest.fixture(autouse=True)
+def _restore_yolov5_logger():
+    """CLI entry points call set_logging(), which stops propagation to the root logger; undo that after each test
+    so that caplog-based tests see the 'yolov5' records whatever ran before them."""
+    import logging
+
+    log = logging.getLogger('yolov5')
+    state = log.level, log.propagate, list(log.handlers)
+    yield
+    log.setLevel(state[0])
+    log.propagate = state[1]
+    log.handlers[:] = state[2]
