@@ -121,7 +121,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
             for method, surgery in (('one-shot+ft', False), ('dns', True)):
                 last = finetune(dense, a, opt, save_dir, surgery)
                 one(attempt_load(last, fuse=False), Row(method, opt.finetune_scope, a, epochs=opt.finetune_epochs),
-                    f"{'dns' if surgery else 'oneshot-ft'}-{opt.finetune_scope}-{a:g}")
+                    last.parents[1].name)  # the training run's name, e.g. dns-global-0.5
     for w in opt.dns_weights:
         model = attempt_load(w, fuse=False)
         rep = sparsity(model)
