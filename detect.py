@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.experimental import Ensemble, attempt_load
+from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
 from utils.downloads import DownloadError, safe_download
@@ -36,7 +36,7 @@ from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_pat
                            set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
 from utils.sparsity import SparsityReport
-from utils.torch_utils import DeviceError, device_info, prune, select_device, sparsity, time_sync
+from utils.torch_utils import DeviceError, device_info, select_device, time_sync
 
 SHAPES_WEIGHTS = Path('data/weights/yolov5n-shapes.pt')  # the project's own detector, relative to ROOT
 STREAM_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
@@ -115,16 +115,7 @@ def load_model(weights: list[str], device: torch.device, half: bool, prune_amoun
     fusing keeps zeros zero. Returns the model and its sparsity (logged by prune(), or here when not pruning).
     """
     model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
-    if prune_amount:
-        report = prune(model, prune_amount, prune_scope)
-    else:
-        report = sparsity(model)
-        LOGGER.info(f'Model {report}')
-    for m in model if isinstance(model, Ensemble) else [model]:
-        if hasattr(m, 'fuse'):
-            m.fuse()
-    model.eval()
-    return (model.half() if half else model.float()), report
+    return prepare_model(model, device, half, prune_amount, prune_scope)
 
 
 def count_string(cls: torch.Tensor, names: dict[int, str]) -> str:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.experimental import Ensemble, attempt_load
+from models.experimental import Ensemble, attempt_load, prepare_model
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError
 from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, image_id, is_coco_dataset,
@@ -53,8 +53,6 @@ from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.plots import output_to_target, plot_images
 from utils.sparsity import SCOPES, SparsityReport, sweep_amounts
 from utils.torch_utils import DeviceError, de_parallel, select_device, time_sync
-from utils.torch_utils import prune as prune_weights
-from utils.torch_utils import sparsity as model_sparsity
 
 DEFAULT_DATA = ROOT / 'data' / 'shapes.yaml'
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'  # shipped trained model (when present)
@@ -109,24 +107,6 @@ def load_unfused(weights: list[str], data: dict, single_cls: bool = False) -> nn
         raise ValueError(f"{' '.join(weights)} ({ncm} classes) trained on different --data than what you passed "
                          f'({nc} classes). Pass correct combination of --weights and --data that are trained together.')
     return model
-
-
-def prepare_model(model: nn.Module, device: torch.device, half: bool = False, prune: float = 0.0,
-                  prune_scope: str = 'layer') -> tuple[nn.Module, SparsityReport]:
-    """Prune (in place, unfused weights) when ``prune`` > 0, fuse Conv+BN, move to ``device`` (FP16 if half).
-
-    Returns the model and its measured sparsity (logged: by prune() when pruning, here otherwise).
-    """
-    if prune:
-        report = prune_weights(model, prune, prune_scope)
-    else:
-        report = model_sparsity(model)
-        LOGGER.info(f'Model {report}')
-    for m in (model if isinstance(model, Ensemble) else [model]):
-        if hasattr(m, 'fuse'):
-            m.fuse()
-    model = model.to(device).eval()
-    return (model.half() if half else model.float()), report
 
 
 # ------------------------------------------------------------------------------------------------ small writers

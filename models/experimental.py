@@ -66,3 +66,27 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
     if len(nc) > 1:
         raise CheckpointError(f'ensemble models have different class counts {sorted(nc)}')
     return ensemble
+
+
+def prepare_model(model: nn.Module, device: torch.device | str, half: bool = False, prune: float = 0.0,
+                  prune_scope: str = 'layer'):
+    """Ready a freshly loaded, unfused model (or Ensemble) for inference; returns (model, SparsityReport).
+
+    Prunes the unfused conv weights in place when ``prune`` > 0 (what a pruned checkpoint holds; fusing keeps
+    zeros zero), else measures and logs the model's sparsity; then fuses Conv+BN, moves it to ``device`` in eval
+    mode, FP16 if ``half``. Shared by val.py and detect.py.
+    """
+    from utils.general import LOGGER
+    from utils.sparsity import prune as prune_weights
+    from utils.sparsity import sparsity
+
+    if prune:
+        report = prune_weights(model, prune, prune_scope)
+    else:
+        report = sparsity(model)
+        LOGGER.info(f'Model {report}')
+    for m in (model if isinstance(model, Ensemble) else [model]):
+        if hasattr(m, 'fuse'):
+            m.fuse()
+    model = model.to(device).eval()
+    return (model.half() if half else model.float()), report
