@@ -172,8 +172,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         mloss = torch.zeros(3, device=device)  # mean losses
         pbar = enumerate(train_loader)
         if main_rank:
-            LOGGER.info(('\n' + '%11s' * 7) %
-                        ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size'))
+            LOGGER.info(('\n' + '%11s' * (7 + bool(dns))) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss',
+                                                          'Instances', 'Size', *(['sparsity'] if dns else [])))
             pbar = tqdm(pbar, total=nb, bar_format=TQDM_BAR_FORMAT)
         optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
@@ -220,8 +220,9 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             if main_rank:
                 mloss = (mloss * i + loss_items) / (i + 1)
                 mem = f'{torch.cuda.memory_reserved() / 1E9 if torch.cuda.is_available() else 0:.3g}G'
-                pbar.set_description(('%11s' * 2 + '%11.4g' * 5) %
-                                     (f'{epoch}/{epochs - 1}', mem, *mloss, targets.shape[0], imgs.shape[-1]))
+                pbar.set_description(('%11s' * 2 + '%11.4g' * (5 + bool(dns))) %
+                                     (f'{epoch}/{epochs - 1}', mem, *mloss, targets.shape[0], imgs.shape[-1],
+                                      *([dns.sparsity] if dns else [])))
                 if plots and ni < 3:
                     plot_images(imgs, targets, paths, save_dir / f'train_batch{ni}.jpg', names=names)
 

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from utils.dns import DNS, DNSConfig, cubic_schedule, exact_cut, mask_rule, update_probability
+from utils.dns import DNS, DNSConfig, cubic_schedule, exact_cut, hysteresis_scores, mask_rule, update_probability
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -67,6 +67,30 @@ def test_mask_rule_hysteresis():
     assert torch.equal(mask_rule(w, a, b, t_prev), expected)
     assert torch.equal(mask_rule(w, a, b, t_prev.float()), expected)  # 0/1 float masks work too
     assert mask_rule(w, a, b, t_prev).dtype == torch.bool
+
+
+def test_hysteresis_scores_rank_like_mask_rule():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(500, generator=g)
+    t_prev = torch.rand(500, generator=g) < 0.5
+    scores = hysteresis_scores(w, t_prev, 0.1)
+    assert scores.dtype == torch.float32
+    for q in (0.05, 0.3, 0.7, 1.2):  # any threshold on the scores is the hysteresis rule around that q
+        assert torch.equal(scores >= q, mask_rule(w, 0.9 * q, 1.1 * q, t_prev))
+    assert torch.allclose(hysteresis_scores(torch.tensor([-0.9, 1.1]), torch.tensor([True, False]), 0.1),
+                          torch.tensor([1.0, 1.0]))  # |w|/(1-δ) kept, |w|/(1+δ) masked
+
+
+def test_surgery_follows_schedule_exactly():
+    """Every mask update lands on the scheduled sparsity (no lag behind it from the hysteresis band)."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    dns = DNS(model, target=0.6, surgery_steps=20, scope='global', gamma=0.0, band=0.3)
+    opt = sgd(model)
+    n = sum(m.numel() for m in dns.masks())
+    for k in range(1, 20):
+        train(model, dns, opt, 1, seed=k)
+        assert dns.sparsity == pytest.approx(round(cubic_schedule(k, 20, 0.6) * n) / n, abs=1e-9), k
 
 
 def test_cubic_schedule_golden():

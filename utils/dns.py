@@ -6,7 +6,11 @@ sparsity reached through the gradual schedule of Zhu & Gupta 2017. Team spec: do
 The network computes with W ⊙ T. The optimizer updates *every* entry of W with the gradient taken at W ⊙ T
 (straight-through), so a masked weight that the loss keeps pushing grows back and is *spliced*, and a kept
 weight that shrinks is *pruned*. Masks follow the hysteresis rule `mask_rule` with thresholds a = (1-δ)q,
-b = (1+δ)q, where q is the magnitude below which the scheduled fraction s_k of the weights lies.
+b = (1+δ)q, where q is the one threshold for which the rule masks exactly the scheduled fraction s_k of the weights
+(per tensor or over all of them): ranking |w|/(1-δ) for kept and |w|/(1+δ) for masked weights and cutting at s_k
+applies the rule and hits s_k in one exact selection (`hysteresis_scores`). Taking q as the plain |w| quantile
+instead leaves the sparsity lagging the schedule by the weights inside the band (several points at 70 %), which
+then have to be cut at once at the end of the surgery.
 
 Between optimizer steps every DNS-managed parameter holds W ⊙ T (exactly zero where masked); a dense copy of W
 and the masks live in the DNS object, outside the module. So forward passes (gradient accumulation included),
@@ -50,7 +54,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from utils.sparsity import apply_masks, magnitude_threshold, prunable_layers, unwrap_model
+from utils.sparsity import apply_masks, magnitude_masks, prunable_layers, unwrap_model
 
 SCOPES = ('layer', 'global')
 
@@ -78,6 +82,21 @@ def mask_rule(w: Tensor, a: float | Tensor, b: float | Tensor, t_prev: Tensor) -
     """
     magnitude = w.abs()
     return (magnitude >= b) | (t_prev.bool() & (magnitude >= a))
+
+
+def hysteresis_scores(w: Tensor, keep: Tensor, band: float) -> Tensor:
+    """float32 scores |w|/(1-δ) where kept, |w|/(1+δ) where masked: the hysteresis rule as one ranking.
+
+    For any q, `scores >= q` equals `mask_rule(w, (1-δ)q, (1+δ)q, keep)`: a kept weight stays iff |w| >= (1-δ)q,
+    a masked one returns iff |w| >= (1+δ)q. Pruning the lowest fraction s of the scores therefore applies the
+    hysteresis rule with the one q that makes the sparsity exactly s (a q taken from |w| alone would leave the
+    sparsity lagging behind s by the weights inside the band).
+    """
+    return w.detach().abs().float().mul_(torch.where(keep, 1.0 / (1.0 - band), 1.0 / (1.0 + band)))
+
+
+def _as_scores(scores: Tensor) -> Tensor:
+    return scores
 
 
 def exact_cut(weights: list[Tensor], keep: list[Tensor], amount: float, scope: str = 'layer') -> list[Tensor]:
@@ -178,6 +197,8 @@ class DNS:
         self.modules = [module for _, module in layers]
         weights = self._weights()
         self.keep = [w.detach() != 0 for w in weights]
+        self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
+        self._numel = sum(keep.numel() for keep in self.keep)
         self.off = [(~keep).to(w.dtype) for keep, w in zip(self.keep, weights)]
         self.dense = [w.detach().clone() for w in weights]
         self.step = 0  # optimizer steps taken
@@ -264,11 +285,9 @@ class DNS:
         return float(u) < update_probability(self.step, self.cfg.gamma, self.cfg.power)
 
     def _update_masks(self, weights: list[Tensor], amount: float) -> None:
-        """Hysteresis update of every mask around the magnitude threshold q for sparsity `amount`."""
-        q = magnitude_threshold([w.detach() for w in weights], amount, self.cfg.scope)
-        d = self.cfg.band
-        self._set_masks([mask_rule(w, (1 - d) * qi, (1 + d) * qi, keep)
-                         for w, keep, qi in zip(weights, self.keep, q)])
+        """Hysteresis update of every mask to exactly the sparsity `amount` (see `hysteresis_scores`)."""
+        scores = [hysteresis_scores(w, keep, self.cfg.band) for w, keep in zip(weights, self.keep)]
+        self._set_masks(magnitude_masks(scores, amount, self.cfg.scope, importance=_as_scores))
 
     def _final_cut(self, weights: list[Tensor]) -> None:
         """Exact cut to the target (see `exact_cut`), then freeze: later steps only re-apply the masks."""
@@ -288,6 +307,7 @@ class DNS:
             for i, off in enumerate(self.off):
                 dist.broadcast(off, src=0)
                 self.keep[i] = off == 0
+        self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
 
     def _weights(self) -> list[Tensor]:
         return [module.weight for module in self.modules]
@@ -318,9 +338,8 @@ class DNS:
 
     @property
     def sparsity(self) -> float:
-        """Fraction of masked entries over all DNS-managed weights."""
-        masked = int(torch.stack([off.count_nonzero() for off in self.off]).sum())
-        return masked / sum(off.numel() for off in self.off)
+        """Fraction of masked entries over all DNS-managed weights (counted when the masks change)."""
+        return int(torch.stack(self._masked_count).sum()) / self._numel
 
     def reset_counters(self) -> None:
         """Start a new report period for the pruned/spliced counters."""
