@@ -4,10 +4,12 @@ Usage:
     python compare.py                                   # the whole story on the embedded set, offline, CPU
     python compare.py --data coco.yaml --weights yolov5x.pt --img 640 --batch-size 32 --half --finetune-epochs 0
     python compare.py --weights best.pt --dns-weights runs/train/dns50/weights/last.pt
+    python compare.py --amounts 0.5 0.7 --scopes global --seeds 0 1 2     # trained rows per seed + mean ± std
 
 Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
 --finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
-from the same dense weights for the same number of epochs; then any --dns-weights given. Every row is saved as
+from the same dense weights for the same number of epochs (surgery in the first half, fixed masks in the second),
+once per --seeds; then any --dns-weights given. Every row is saved as
 an upstream-compatible FP16 checkpoint (its size = dense MB) and in the compact sparse form (compact MB), and
 evaluated by val.run. Outputs comparison.csv / .md / .png in runs/val/compare*/.
 """
@@ -64,15 +66,16 @@ def evaluate(weights: Path, opt: argparse.Namespace, save_dir: Path, row: Row, s
     return row
 
 
-def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path, surgery: bool) -> Path:
+def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path, surgery: bool, seed: int) -> Path:
     """Train from ``dense`` for --finetune-epochs to ``amount`` sparsity: DNS (surgery) or fixed one-shot masks."""
     name = f"{'dns' if surgery else 'oneshot-ft'}-{opt.finetune_scope}-{amount:g}"
+    name += f'-seed{seed}' if len(opt.seeds) > 1 else ''
     trainer.run(weights=str(dense), data=opt.data, hyp=opt.hyp, epochs=opt.finetune_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, dns=True,
                 target_sparsity=amount, dns_scope=opt.finetune_scope,
-                dns_surgery_epochs=max(opt.finetune_epochs - 1, 1) if surgery else 0,
+                dns_surgery_epochs=None if surgery else 0,  # None: train.py's default, the first half of the epochs
                 project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
-                noautoanchor=True, seed=opt.seed)
+                noautoanchor=True, seed=seed)
     return save_dir / 'train' / name / 'weights' / 'last.pt'
 
 
@@ -85,7 +88,7 @@ def dense_weights(opt: argparse.Namespace, save_dir: Path) -> Path:
     LOGGER.info(f'{DEFAULT_WEIGHTS} not found: training a dense yolov5n from scratch for {opt.dense_epochs} epochs')
     trainer.run(data=opt.data, cfg='yolov5n.yaml', weights='', epochs=opt.dense_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers,
-                project=str(save_dir / 'train'), name='dense', exist_ok=True, seed=opt.seed)
+                project=str(save_dir / 'train'), name='dense', exist_ok=True, seed=opt.seeds[0])
     return save_dir / 'train' / 'dense' / 'weights' / 'best.pt'
 
 
@@ -118,10 +121,12 @@ def run(opt: argparse.Namespace) -> list[Row]:
             one(model, Row('one-shot', scope, a), f'oneshot-{scope}-{a:g}')
     if opt.finetune_epochs > 0:
         for a in opt.amounts:
-            for method, surgery in (('one-shot+ft', False), ('dns', True)):
-                last = finetune(dense, a, opt, save_dir, surgery)
-                one(attempt_load(last, fuse=False), Row(method, opt.finetune_scope, a, epochs=opt.finetune_epochs),
-                    last.parents[1].name)  # the training run's name, e.g. dns-global-0.5
+            for seed in opt.seeds:
+                for method, surgery in (('one-shot+ft', False), ('dns', True)):
+                    last = finetune(dense, a, opt, save_dir, surgery, seed)
+                    one(attempt_load(last, fuse=False),
+                        Row(method, opt.finetune_scope, a, epochs=opt.finetune_epochs, seed=seed),
+                        last.parents[1].name)  # the training run's name, e.g. dns-global-0.5
     for w in opt.dns_weights:
         model = attempt_load(w, fuse=False)
         rep = sparsity(model)
@@ -129,7 +134,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
     device = select_device(opt.device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     caption = (f'{Path(opt.data).name}, {opt.imgsz} px, val batch {opt.batch_size}; dense weights {dense}; '
-               f'trained rows: {opt.finetune_epochs} epochs each, {opt.finetune_scope} scope, hyp {Path(opt.hyp).name}. '
+               f'trained rows: {opt.finetune_epochs} epochs each (DNS: surgery in the first half), {opt.finetune_scope} scope, '
+               f'hyp {Path(opt.hyp).name}, seeds {" ".join(map(str, opt.seeds))}. '
                f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}` '
                f'in {time.time() - t0:.0f} s on {where}.')
     out = write_all(rows, save_dir, caption)
@@ -159,7 +165,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or cpu')
     p.add_argument('--workers', type=int, default=2, help='dataloader workers')
     p.add_argument('--half', action='store_true', help='FP16 evaluation (CUDA only)')
-    p.add_argument('--seed', type=int, default=0, help='training seed')
+    p.add_argument('--seeds', '--seed', nargs='+', type=int, default=[0],
+                   help='training seeds: each trained row is repeated per seed (mean ± std table for 2 or more)')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')
     p.add_argument('--name', default='compare', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')

@@ -446,7 +446,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
              '(Zhu & Gupta, default) or constant S from the first step (the original DNS: one-shot masks, then '
              'pruning and splicing around a fixed threshold)')
     add('--dns-surgery-epochs', type=int_at_least(0), default=None,
-        help='DNS: epochs during which masks may change, then frozen (default 2/3 of --epochs; '
+        help='DNS: epochs during which masks may change, then frozen (default half of --epochs, at least 1; '
              '0 = one-shot prune at the start, then fine-tune with fixed masks)')
     add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
     add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
@@ -474,7 +474,7 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
         if getattr(opt, k) is None:
             setattr(opt, k, v)
     if opt.dns_surgery_epochs is None:
-        opt.dns_surgery_epochs = max(1, round(opt.epochs * 2 / 3))  # 0 only when asked for (fixed masks)
+        opt.dns_surgery_epochs = max(1, opt.epochs // 2)  # first half surgery, second half fixed-mask fine-tuning
     if opt.dns_surgery_epochs > opt.epochs:
         raise TrainingError(f'--dns-surgery-epochs {opt.dns_surgery_epochs} exceeds --epochs {opt.epochs}')
 

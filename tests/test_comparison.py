@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import math
 
-from utils.comparison import COLUMNS, Row, markdown, write_all
+from utils.comparison import COLUMNS, Row, markdown, seed_summary, write_all
 
 
 def test_write_all_two_rows(tmp_path):
@@ -29,3 +29,19 @@ def test_write_all_two_rows(tmp_path):
 def test_markdown_nan_dash():
     md = markdown([Row('dense', mAP50=math.nan)])
     assert '| - |' in md
+
+
+def test_seed_summary_mean_std_per_trained_group(tmp_path):
+    rows = [Row('dense', mAP50=0.9, mAP50_95=0.8)]
+    for seed, (ft, dns) in enumerate([(0.70, 0.75), (0.74, 0.77), (0.72, 0.76)]):
+        rows += [Row('one-shot+ft', 'global', 0.7, mAP50=0.9, mAP50_95=ft, epochs=5, seed=seed),
+                 Row('dns', 'global', 0.7, mAP50=0.9, mAP50_95=dns, epochs=5, seed=seed)]
+    assert seed_summary(rows).splitlines()[2:] == [
+        '| one-shot+ft | global | 0.700 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.720 ± 0.020 | - |',
+        '| dns | global | 0.700 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.760 ± 0.010 | - |']
+    assert seed_summary(rows[:3]) == ''  # one seed per group: no summary
+    md = write_all(rows, tmp_path)['md'].read_text()
+    assert 'Mean ± std over training seeds' in md and md.splitlines()[1 + 7].endswith('| 5 | 2 |')
+    with open(tmp_path / 'comparison.csv') as f:
+        got = list(csv.DictReader(f))
+    assert got[0]['seed'] == '' and got[1]['seed'] == '0'

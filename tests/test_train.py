@@ -120,6 +120,14 @@ def test_invalid_combinations_are_one_line_errors(argv, words, tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any run folder was made
 
 
+@pytest.mark.parametrize('epochs, surgery', [(1, 1), (2, 1), (5, 2), (10, 5), (31, 15)])
+def test_dns_surgery_defaults_to_first_half(epochs, surgery):
+    opt = train.parse_opt(['--dns', '--target-sparsity', '0.5', '--epochs', str(epochs)])
+    train.check_dns_opt(opt)
+    assert opt.dns_surgery_epochs == surgery  # the rest of the epochs fine-tune with frozen masks
+    assert (opt.dns_scope, opt.dns_band, opt.dns_schedule) == ('layer', 0.1, 'cubic')
+
+
 def test_missing_weights_and_data_are_one_line_errors(tiny_data, tmp_path):
     code = run_main(args(tiny_data, tmp_path, '--weights', str(tmp_path / 'nope.pt')))
     assert isinstance(code, str) and code.startswith('ERROR: ') and 'nope.pt' in code and '\n' not in code

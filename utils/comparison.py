@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Row:
     size_dense_mb: float = math.nan  # upstream-compatible FP16 .pt
     size_compact_mb: float = math.nan  # bitmask + non-zero values .pt
     epochs: int = 0  # fine-tuning / DNS epochs spent after the dense model
+    seed: int | None = None  # training seed of a fine-tuned / DNS row (None: no training)
     weights: str = ''
 
 
@@ -40,6 +42,8 @@ COLUMNS = [f.name for f in fields(Row)]
 
 
 def _fmt(v: object) -> str:
+    if v is None:
+        return '-'
     if isinstance(v, float):
         return '-' if math.isnan(v) else f'{v:.4g}' if abs(v) >= 1 else f'{v:.3f}'
     return str(v)
@@ -51,21 +55,47 @@ def write_csv(rows: list[Row], file: Path) -> Path:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ('' if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()})
+            w.writerow({k: ('' if v is None or isinstance(v, float) and math.isnan(v) else v)
+                        for k, v in asdict(r).items()})
     return file
 
 
 def markdown(rows: list[Row]) -> str:
     """A GitHub table of the user-facing columns (ready to paste in a README)."""
     cols = ['method', 'scope', 'target', 'sparsity', 'sparsity_all', 'P', 'R', 'mAP50', 'mAP50_95', 'coco_AP',
-            'coco_AR100', 'ms_per_img', 'batch', 'precision', 'params', 'size_dense_mb', 'size_compact_mb', 'epochs']
+            'coco_AR100', 'ms_per_img', 'batch', 'precision', 'params', 'size_dense_mb', 'size_compact_mb', 'epochs',
+            'seed']
     head = ['method', 'scope', 'target', 'sparsity (conv)', 'sparsity (all)', 'P', 'R', 'mAP50', 'mAP50-95',
-            'COCO AP', 'COCO AR@100', 'ms/img', 'batch', 'prec.', 'params', 'dense MB', 'compact MB', 'epochs']
+            'COCO AP', 'COCO AR@100', 'ms/img', 'batch', 'prec.', 'params', 'dense MB', 'compact MB', 'epochs', 'seed']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         d = asdict(r)
         lines.append('| ' + ' | '.join(_fmt(d[c]) for c in cols) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def seed_summary(rows: list[Row]) -> str:
+    """Markdown table of mean ± sample std over seeds for each trained (method, scope, target) with >= 2 seeds.
+
+    Empty string when no group was trained with more than one seed.
+    """
+    groups: dict[tuple[str, str, float], list[Row]] = {}
+    for r in rows:
+        if r.seed is not None:
+            groups.setdefault((r.method, r.scope, r.target), []).append(r)
+    lines = []
+    for (method, scope, target), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        cells = [method, scope, f'{target:.3f}', str(len(rs)), ' '.join(str(r.seed) for r in rs)]
+        for key in ('mAP50', 'mAP50_95', 'coco_AP'):
+            v = [getattr(r, key) for r in rs]
+            cells.append('-' if any(math.isnan(x) for x in v) else f'{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    if not lines:
+        return ''
+    head = ['method', 'scope', 'target', 'runs', 'seeds', 'mAP50', 'mAP50-95', 'COCO AP']
+    return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head), *lines]) + '\n'
 
 
 def plot(rows: list[Row], file: Path) -> Path:
@@ -101,5 +131,7 @@ def write_all(rows: list[Row], save_dir: Path, caption: str = '') -> dict[str, P
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     md = save_dir / 'comparison.md'
-    md.write_text(markdown(rows) + (f'\n{caption}\n' if caption else ''))
+    summary = seed_summary(rows)
+    md.write_text(markdown(rows) + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '')
+                  + (f'\n{caption}\n' if caption else ''))
     return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': plot(rows, save_dir / 'comparison.png')}
