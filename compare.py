@@ -134,7 +134,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
     device = select_device(opt.device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     caption = (f'{Path(opt.data).name}, {opt.imgsz} px, val batch {opt.batch_size}; dense weights {dense}; '
-               f'trained rows: {opt.finetune_epochs} epochs each (DNS: surgery in the first half), {opt.finetune_scope} scope, '
+               f'trained rows: {opt.finetune_epochs} epochs each (DNS: train.py defaults, surgery in the first half), '
+               f'{opt.finetune_scope} scope, '
                f'hyp {Path(opt.hyp).name}, seeds {" ".join(map(str, opt.seeds))}. '
                f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}` '
                f'in {time.time() - t0:.0f} s on {where}.')

@@ -442,9 +442,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-band', type=float_in(0, 1, hi_open=True), default=None,
         help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
     add('--dns-schedule', choices=['cubic', 'constant'], default=None,
-        help='DNS: target of the mask updates during surgery: cubic ramp from the current sparsity to S '
-             '(Zhu & Gupta, default) or constant S from the first step (the original DNS: one-shot masks, then '
-             'pruning and splicing around a fixed threshold)')
+        help='DNS: target of the mask updates during surgery: constant S from the first step (default; the '
+             'original DNS: one-shot magnitude masks, then pruning and splicing at S) or a cubic ramp from the '
+             'current sparsity to S (Zhu & Gupta)')
     add('--dns-surgery-epochs', type=int_at_least(0), default=None,
         help='DNS: epochs during which masks may change, then frozen (default half of --epochs, at least 1; '
              '0 = one-shot prune at the start, then fine-tune with fixed masks)')
@@ -453,7 +453,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'cubic'}
+DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'constant'}
 
 
 def check_dns_opt(opt: argparse.Namespace) -> None:

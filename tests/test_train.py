@@ -125,7 +125,7 @@ def test_dns_surgery_defaults_to_first_half(epochs, surgery):
     opt = train.parse_opt(['--dns', '--target-sparsity', '0.5', '--epochs', str(epochs)])
     train.check_dns_opt(opt)
     assert opt.dns_surgery_epochs == surgery  # the rest of the epochs fine-tune with frozen masks
-    assert (opt.dns_scope, opt.dns_band, opt.dns_schedule) == ('layer', 0.1, 'cubic')
+    assert (opt.dns_scope, opt.dns_band, opt.dns_schedule) == ('layer', 0.1, 'constant')
 
 
 def test_missing_weights_and_data_are_one_line_errors(tiny_data, tmp_path):

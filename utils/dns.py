@@ -135,7 +135,7 @@ class DNSConfig:
     band: float = 0.1  # δ: hysteresis half-width relative to q; a = (1-δ)q, b = (1+δ)q
     gamma: float = 1e-4  # σ(k) = (1 + gamma*k)^(-power)
     power: float = 1.0
-    s_init: float = 0.0  # scheduled sparsity at step 0 (fraction)
+    s_init: float = 0.0  # scheduled sparsity at step 0 (fraction); = target: constant schedule (train.py default)
     seed: int = 0  # seed of the update-decision generator; same on every rank
     exclude_first: bool = False  # keep the first conv dense
     exclude_detect: bool = False  # keep the Detect output convs dense
