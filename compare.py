@@ -73,6 +73,7 @@ def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path
     trainer.run(weights=str(dense), data=opt.data, hyp=opt.hyp, epochs=opt.finetune_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, dns=True,
                 target_sparsity=amount, dns_scope=opt.finetune_scope,
+                dns_schedule=opt.dns_schedule if surgery else None,
                 dns_surgery_epochs=None if surgery else 0,  # None: train.py's default, the first half of the epochs
                 project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
                 noautoanchor=True, seed=seed)
@@ -134,7 +135,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
     device = select_device(opt.device)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     caption = (f'{Path(opt.data).name}, {opt.imgsz} px, val batch {opt.batch_size}; dense weights {dense}; '
-               f'trained rows: {opt.finetune_epochs} epochs each (DNS: train.py defaults, surgery in the first half), '
+               f'trained rows: {opt.finetune_epochs} epochs each (DNS: {opt.dns_schedule or "constant"} schedule, '
+               f'surgery in the first half), '
                f'{opt.finetune_scope} scope, '
                f'hyp {Path(opt.hyp).name}, seeds {" ".join(map(str, opt.seeds))}. '
                f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}` '
@@ -157,6 +159,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='epochs of fine-tuning for one-shot+ft and of DNS training per amount; 0 skips training rows')
     p.add_argument('--finetune-scope', choices=['layer', 'global'], default='global',
                    help='sparsity scope of the trained rows (one-shot+ft and DNS)')
+    p.add_argument('--dns-schedule', choices=['constant', 'cubic'], default=None,
+                   help="schedule of the DNS rows (default: train.py's, constant)")
     p.add_argument('--dns-weights', nargs='*', default=[], help='extra DNS-trained checkpoints to add as rows')
     p.add_argument('--dense-epochs', type=int_at_least(0), default=30, help='epochs if the dense model must be trained')
     p.add_argument('--hyp', default=str(ROOT / 'data' / 'hyps' / 'hyp.finetune-sparse.yaml'), help='fine-tuning hyps')
