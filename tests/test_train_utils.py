@@ -181,7 +181,7 @@ def dns_opt(**kw) -> argparse.Namespace:
 def test_dns_state_survives_checkpoint_round_trip(tmp_path):
     """Mid-surgery: masks, masked values, step and RNG come back from ckpt['dns'] exactly (what --resume relies on)."""
     model = tiny_model()
-    opt = dns_opt()
+    opt = dns_opt(dns_schedule='cubic')  # sparsity still ramping after 4 steps
     dns = tu.make_dns(model, opt, nb=5, nw=100, nbs=64)
     assert dns.cfg.surgery_steps == tu.optimizer_steps(10, 100, 64, 16) == 10
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -214,3 +214,14 @@ def test_make_dns_needs_state_on_resume():
     with pytest.raises(tu.TrainingError, match="'dns' state"):
         tu.make_dns(tiny_model(), dns_opt(resume=True), nb=5, nw=100, nbs=64, state=None)
 
+
+
+def test_make_dns_constant_schedule_cuts_to_target_at_first_update():
+    """train.py's default schedule: the first mask update masks the target fraction (one-shot masks, then surgery)."""
+    model = tiny_model()
+    dns = tu.make_dns(model, dns_opt(dns_schedule='constant', dns_gamma=0.0), nb=5, nw=100, nbs=64)
+    assert dns.sparsity == 0.0 and dns.scheduled_sparsity == 0.5
+    model(torch.rand(2, 3, 8, 8)).square().mean().backward()
+    dns.before_step()
+    dns.after_step()
+    assert not dns.frozen and dns.sparsity == pytest.approx(0.5, abs=0.005)
