@@ -188,7 +188,7 @@ def magnitude_threshold(tensors: Sequence[Tensor],
 
     q is the k-th smallest |w| with k = round(amount * n) over the tensor (layer) or all tensors (global), so
     removing every |w| < q removes fewer than k weights and removing every |w| <= q at least k. q = 0.0 when k = 0.
-    Used for DNS's hysteresis band a = (1 - d) * q, b = (1 + d) * q.
+    A threshold only; utils.dns ranks hysteresis scores with `magnitude_masks` to hit an exact sparsity.
     """
     _check_amount(amount)
     _check_scope(scope)
