@@ -197,7 +197,7 @@ class DNS:
         self.modules = [module for _, module in layers]
         weights = self._weights()
         self.keep = [w.detach() != 0 for w in weights]
-        self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
+        self._count_masked()
         self._numel = sum(keep.numel() for keep in self.keep)
         self.off = [(~keep).to(w.dtype) for keep, w in zip(self.keep, weights)]
         self.dense = [w.detach().clone() for w in weights]
@@ -307,6 +307,10 @@ class DNS:
             for i, off in enumerate(self.off):
                 dist.broadcast(off, src=0)
                 self.keep[i] = off == 0
+        self._count_masked()
+
+    def _count_masked(self) -> None:
+        """Recount the masked entries per weight (read by `sparsity`, e.g. every iteration for the progress bar)."""
         self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
 
     def _weights(self) -> list[Tensor]:
