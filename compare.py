@@ -5,13 +5,15 @@ Usage:
     python compare.py --data coco.yaml --weights yolov5x.pt --img 640 --batch-size 32 --half --finetune-epochs 0
     python compare.py --weights best.pt --dns-weights runs/train/dns50/weights/last.pt
     python compare.py --amounts 0.5 0.7 --scopes global --seeds 0 1 2     # trained rows per seed + mean ± std
+    python compare.py --from-csv runs/val/compare/comparison.csv runs/val/compare2/comparison.csv   # one table
 
 Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
 --finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
 from the same dense weights for the same number of epochs (surgery in the first half, fixed masks in the second),
 once per --seeds; then any --dns-weights given. Every row is saved as
 an upstream-compatible FP16 checkpoint (its size = dense MB) and in the compact sparse form (compact MB), and
-evaluated by val.run. Outputs comparison.csv / .md / .png in runs/val/compare*/.
+evaluated by val.run. Outputs comparison.csv / .md / .png in runs/val/compare*/: the table, mean ± std over seeds
+and the per-seed (paired) difference DNS - one-shot+ft.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import train as trainer
 import val as validate
 from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
-from utils.comparison import Row, write_all
+from utils.comparison import Row, merge, read_csv, write_all
 from utils.dataloaders import check_dataset
 from utils.downloads import DownloadError
 from utils.cli import float_in, int_at_least
@@ -93,8 +95,21 @@ def dense_weights(opt: argparse.Namespace, save_dir: Path) -> Path:
     return save_dir / 'train' / 'dense' / 'weights' / 'best.pt'
 
 
+def merge_tables(opt: argparse.Namespace) -> list[Row]:
+    """--from-csv: rows of earlier comparison.csv files in one table (e.g. seeds run in separate commands)."""
+    rows = merge([read_csv(Path(f)) for f in opt.from_csv])
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    caption = f'Merged by `python compare.py --from-csv {" ".join(opt.from_csv)}` (nothing re-evaluated).'
+    out = write_all(rows, save_dir, caption)
+    LOGGER.info('\n' + out['md'].read_text())
+    LOGGER.info(f'comparison written to {save_dir} ({", ".join(p.name for p in out.values())})')
+    return rows
+
+
 def run(opt: argparse.Namespace) -> list[Row]:
     """Build every row, evaluate it, write comparison.{csv,md,png}; returns the rows."""
+    if opt.from_csv:
+        return merge_tables(opt)
     t0 = time.time()
     data = check_dataset(opt.data)
     save_json = bool(data.get('coco_json')) or 'coco' in str(opt.data)
@@ -172,6 +187,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--half', action='store_true', help='FP16 evaluation (CUDA only)')
     p.add_argument('--seeds', '--seed', nargs='+', type=int, default=[0],
                    help='training seeds: each trained row is repeated per seed (mean ± std table for 2 or more)')
+    p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
+                   help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')
     p.add_argument('--name', default='compare', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')

@@ -36,3 +36,22 @@ def test_bad_amount_is_argparse_error(capsys):
     with pytest.raises(SystemExit) as e:
         compare.parse_opt(['--amounts', '1.2'])
     assert e.value.code == 2 and 'must be in (0, 1)' in capsys.readouterr().err
+
+
+def test_from_csv_merges_without_evaluating(tmp_path):
+    """--from-csv: two earlier tables (different seeds) become one, with mean ± std and the paired differences."""
+    from utils.comparison import Row, write_all
+
+    def table(seed: int, ft: float, dns: float) -> Path:
+        rows = [Row('dense', mAP50_95=0.8),
+                Row('one-shot+ft', 'global', 0.5, mAP50=0.9, mAP50_95=ft, epochs=5, seed=seed),
+                Row('dns', 'global', 0.5, mAP50=0.9, mAP50_95=dns, epochs=5, seed=seed)]
+        return write_all(rows, tmp_path / f'seed{seed}')['csv']
+
+    a, b = table(0, 0.70, 0.72), table(1, 0.71, 0.70)
+    rows = compare.run(compare.parse_opt(['--from-csv', str(a), str(b), '--project', str(tmp_path), '--name', 'm',
+                                          '--weights', str(tmp_path / 'never-read.pt')]))
+    assert [(r.method, r.seed) for r in rows] == [('dense', None), ('one-shot+ft', 0), ('dns', 0),
+                                                  ('one-shot+ft', 1), ('dns', 1)]
+    md = (tmp_path / 'm' / 'comparison.md').read_text()
+    assert '| dns | global | 0.500 | 5 | 2 | 0 1 |' in md and '| 1/2 |' in md and 'Merged by `python compare.py' in md

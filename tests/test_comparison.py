@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import asdict
 
-from utils.comparison import COLUMNS, Row, markdown, seed_summary, write_all
+import pytest
+
+from utils.comparison import COLUMNS, Row, markdown, merge, paired_summary, read_csv, seed_summary, write_all
 
 
 def test_write_all_two_rows(tmp_path):
@@ -37,11 +40,54 @@ def test_seed_summary_mean_std_per_trained_group(tmp_path):
         rows += [Row('one-shot+ft', 'global', 0.7, mAP50=0.9, mAP50_95=ft, epochs=5, seed=seed),
                  Row('dns', 'global', 0.7, mAP50=0.9, mAP50_95=dns, epochs=5, seed=seed)]
     assert seed_summary(rows).splitlines()[2:] == [
-        '| one-shot+ft | global | 0.700 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.720 ± 0.020 | - |',
-        '| dns | global | 0.700 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.760 ± 0.010 | - |']
+        '| one-shot+ft | global | 0.700 | 5 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.720 ± 0.020 | - |',
+        '| dns | global | 0.700 | 5 | 3 | 0 1 2 | 0.900 ± 0.000 | 0.760 ± 0.010 | - |']
     assert seed_summary(rows[:3]) == ''  # one seed per group: no summary
     md = write_all(rows, tmp_path)['md'].read_text()
     assert 'Mean ± std over training seeds' in md and md.splitlines()[1 + 7].endswith('| 5 | 2 |')
     with open(tmp_path / 'comparison.csv') as f:
         got = list(csv.DictReader(f))
     assert got[0]['seed'] == '' and got[1]['seed'] == '0'
+
+
+def trained(method: str, target: float, seed: int, m: float, epochs: int = 5) -> Row:
+    return Row(method, 'global', target, mAP50=0.9, mAP50_95=m, epochs=epochs, seed=seed)
+
+
+def test_paired_summary_differences_per_seed():
+    rows = [Row('dense', mAP50_95=0.8)]
+    for seed, (ft, dns) in enumerate([(0.70, 0.75), (0.74, 0.73), (0.72, 0.76)]):
+        rows += [trained('one-shot+ft', 0.7, seed, ft), trained('dns', 0.7, seed, dns)]
+    rows.append(trained('dns', 0.7, 9, 0.9))  # no baseline with seed 9: not paired
+    rows.append(trained('dns', 0.7, 0, 0.5, epochs=10))  # other budget, no baseline: no line
+    line = paired_summary(rows).splitlines()[2]
+    assert line == '| global | 0.700 | 5 | 3 | 2/3 | +0.027 ± 0.032 | +0.040 | 0: +0.050, 1: -0.010, 2: +0.040 |'
+    assert len(paired_summary(rows).splitlines()) == 3
+    assert paired_summary([trained('dns', 0.7, 0, 0.7)]) == ''
+
+
+def same(r: Row, q: Row) -> bool:
+    return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+               for x, y in zip(asdict(r).values(), asdict(q).values()))
+
+
+def test_read_csv_round_trip_and_merge(tmp_path):
+    a = [Row('dense', mAP50=0.9, mAP50_95=0.8, params=10, batch=32, weights='d.pt'),
+         trained('one-shot+ft', 0.5, 0, 0.71), trained('dns', 0.5, 0, 0.73)]
+    b = [Row('dense', mAP50=0.9, mAP50_95=0.8, params=10, batch=32, weights='d.pt'),
+         trained('one-shot+ft', 0.5, 1, 0.72), trained('dns', 0.5, 1, 0.70), trained('dns', 0.5, 0, 0.99)]
+    back = read_csv(write_all(a, tmp_path / 'a')['csv'])
+    assert len(back) == 3 and all(same(r, q) for r, q in zip(back, a))
+    assert back[0].seed is None and back[1].seed == 0 and math.isnan(back[0].coco_AP)
+    rows = merge([back, b])  # dense once, seed 0 DNS of the second table dropped (already there)
+    assert [(r.method, r.seed) for r in rows] == [('dense', None), ('one-shot+ft', 0), ('dns', 0),
+                                                  ('one-shot+ft', 1), ('dns', 1)]
+    assert rows[2].mAP50_95 == 0.73
+    assert '| 1/2 |' in paired_summary(rows)
+
+
+def test_read_csv_rejects_other_files(tmp_path):
+    f = tmp_path / 'x.csv'
+    f.write_text('a,b\n1,2\n')
+    with pytest.raises(ValueError, match='not a comparison.csv'):
+        read_csv(f)

@@ -74,28 +74,97 @@ def markdown(rows: list[Row]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _trained_groups(rows: list[Row]) -> dict[tuple[str, str, float, int], list[Row]]:
+    """Trained rows (seed set) grouped by (method, scope, target, epochs), in first-seen order."""
+    groups: dict[tuple[str, str, float, int], list[Row]] = {}
+    for r in rows:
+        if r.seed is not None:
+            groups.setdefault((r.method, r.scope, r.target, r.epochs), []).append(r)
+    return groups
+
+
+def _table(head: list[str], lines: list[str]) -> str:
+    return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head), *lines]) + '\n' if lines else ''
+
+
 def seed_summary(rows: list[Row]) -> str:
-    """Markdown table of mean ± sample std over seeds for each trained (method, scope, target) with >= 2 seeds.
+    """Markdown table of mean ± sample std over seeds for each trained (method, scope, target, epochs), >= 2 seeds.
 
     Empty string when no group was trained with more than one seed.
     """
-    groups: dict[tuple[str, str, float], list[Row]] = {}
-    for r in rows:
-        if r.seed is not None:
-            groups.setdefault((r.method, r.scope, r.target), []).append(r)
     lines = []
-    for (method, scope, target), rs in groups.items():
+    for (method, scope, target, epochs), rs in _trained_groups(rows).items():
         if len(rs) < 2:
             continue
-        cells = [method, scope, f'{target:.3f}', str(len(rs)), ' '.join(str(r.seed) for r in rs)]
+        cells = [method, scope, f'{target:.3f}', str(epochs), str(len(rs)), ' '.join(str(r.seed) for r in rs)]
         for key in ('mAP50', 'mAP50_95', 'coco_AP'):
             v = [getattr(r, key) for r in rs]
             cells.append('-' if any(math.isnan(x) for x in v) else f'{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}')
         lines.append('| ' + ' | '.join(cells) + ' |')
-    if not lines:
-        return ''
-    head = ['method', 'scope', 'target', 'runs', 'seeds', 'mAP50', 'mAP50-95', 'COCO AP']
-    return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head), *lines]) + '\n'
+    return _table(['method', 'scope', 'target', 'epochs', 'runs', 'seeds', 'mAP50', 'mAP50-95', 'COCO AP'], lines)
+
+
+def paired_summary(rows: list[Row], method: str = 'dns', baseline: str = 'one-shot+ft') -> str:
+    """Markdown table of the per-seed mAP50-95 difference ``method`` - ``baseline`` (same scope, target, epochs, seed).
+
+    Both were trained from the same dense weights with the same seed, so the seed's data order and augmentation
+    are shared: the paired difference is the fairer statistic. Columns: seeds paired, wins (method higher),
+    mean ± sample std and median of the differences, the per-seed differences. Empty string when nothing pairs.
+    """
+    groups = _trained_groups(rows)
+    lines = []
+    for (m, scope, target, epochs), rs in groups.items():
+        if m != method:
+            continue
+        base = {r.seed: r.mAP50_95 for r in groups.get((baseline, scope, target, epochs), [])}
+        diffs = [(r.seed, r.mAP50_95 - base[r.seed]) for r in rs if r.seed in base]
+        if not diffs:
+            continue
+        d = [x for _, x in diffs]
+        spread = f' ± {statistics.stdev(d):.3f}' if len(d) > 1 else ''
+        lines.append(f'| {scope} | {target:.3f} | {epochs} | {len(d)} | {sum(x > 0 for x in d)}/{len(d)} | '
+                     f'{statistics.mean(d):+.3f}{spread} | {statistics.median(d):+.3f} | '
+                     + ', '.join(f'{s}: {x:+.3f}' for s, x in diffs) + ' |')
+    return _table(['scope', 'target', 'epochs', 'seeds', f'{method} higher', f'mean {method} - {baseline}', 'median',
+                   'per seed'], lines)
+
+
+def read_csv(file: Path) -> list[Row]:
+    """Rows of a comparison.csv written by `write_csv` (empty cell -> NaN, or None for seed)."""
+    types = {f.name: f.type for f in fields(Row)}
+    rows = []
+    with open(file, newline='') as f:
+        reader = csv.DictReader(f)
+        missing = set(COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f'{file} is not a comparison.csv: missing columns {", ".join(sorted(missing))}')
+        for d in reader:
+            kw: dict[str, object] = {}
+            for k in COLUMNS:
+                v, t = d[k], types[k]
+                if k == 'seed':
+                    kw[k] = int(v) if v else None
+                elif t == 'float':
+                    kw[k] = float(v) if v else math.nan
+                elif t == 'int':
+                    kw[k] = int(float(v)) if v else 0
+                else:
+                    kw[k] = v
+            rows.append(Row(**kw))
+    return rows
+
+
+def merge(tables: list[list[Row]]) -> list[Row]:
+    """Concatenate row lists, dropping repeats of an untrained row (same method, scope, target) or of a trained
+    (method, scope, target, epochs, seed): e.g. the dense and one-shot rows that every comparison.csv holds."""
+    seen, out = set(), []
+    for rows in tables:
+        for r in rows:
+            key = (r.method, r.scope, r.target, r.epochs, r.seed)
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
 
 
 def plot(rows: list[Row], file: Path) -> Path:
@@ -131,7 +200,8 @@ def write_all(rows: list[Row], save_dir: Path, caption: str = '') -> dict[str, P
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     md = save_dir / 'comparison.md'
-    summary = seed_summary(rows)
+    summary, paired = seed_summary(rows), paired_summary(rows)
     md.write_text(markdown(rows) + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '')
+                  + (f'\nDNS minus one-shot + fine-tuning, mAP50-95, paired by seed:\n\n{paired}' if paired else '')
                   + (f'\n{caption}\n' if caption else ''))
     return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': plot(rows, save_dir / 'comparison.png')}
