@@ -91,3 +91,15 @@ def test_read_csv_rejects_other_files(tmp_path):
     f.write_text('a,b\n1,2\n')
     with pytest.raises(ValueError, match='not a comparison.csv'):
         read_csv(f)
+
+
+def test_plot_seeds_and_two_budgets(tmp_path):
+    """Seed repeats are drawn as mean ± std; rows with two fine-tuning budgets get separate lines."""
+    rows = [Row('dense', mAP50=0.95, mAP50_95=0.82)]
+    for epochs in (5, 10):
+        for seed in (0, 1):
+            rows += [trained('one-shot+ft', 0.5, seed, 0.78 + seed / 100, epochs),
+                     trained('dns', 0.5, seed, 0.79 - seed / 100, epochs)]
+    out = write_all(rows, tmp_path)
+    assert out['png'].stat().st_size > 5000
+    assert '| global | 0.500 | 10 | 2 | 1/2 |' in out['md'].read_text()

@@ -168,22 +168,37 @@ def merge(tables: list[list[Row]]) -> list[Row]:
 
 
 def plot(rows: list[Row], file: Path) -> Path:
-    """comparison.png: mAP50-95 (and mAP50, dashed) vs measured sparsity, one line per method/scope."""
+    """comparison.png: mAP50-95 (and mAP50, dashed) vs measured sparsity, one line per method/scope (and budget).
+
+    Rows repeated over seeds are drawn as their mean with a ±1 std bar, each seed as a faint dot.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), tight_layout=True)
     ax = fig.add_subplot()
     dense = [r for r in rows if r.method == 'dense']
+    budgets = {r.epochs for r in rows if r.seed is not None}
     groups: dict[str, list[Row]] = {}
     for r in rows:
         if r.method != 'dense':
-            groups.setdefault(f'{r.method} ({r.scope})' if r.scope != '-' else r.method, []).append(r)
+            label = r.method if r.scope == '-' else f'{r.method} ({r.scope})'
+            label += f' {r.epochs} ep' if len(budgets) > 1 and r.seed is not None else ''
+            groups.setdefault(label, []).append(r)
     for i, (label, rs) in enumerate(sorted(groups.items())):
-        rs = dense[:1] + sorted(rs, key=lambda r: r.sparsity)
-        x = [r.sparsity * 100 for r in rs]
+        points: dict[float, list[Row]] = {}
+        for r in [*dense[:1], *rs]:
+            points.setdefault(r.target, []).append(r)
+        targets = sorted(points)
         color = f'C{i}'
-        ax.plot(x, [r.mAP50_95 for r in rs], 'o-', color=color, label=f'{label} mAP50-95')
-        ax.plot(x, [r.mAP50 for r in rs], '.--', color=color, alpha=0.5, label=f'{label} mAP50')
+        x = [statistics.mean(r.sparsity * 100 for r in points[t]) for t in targets]
+        for key, style, alpha, name in (('mAP50_95', 'o-', 1.0, 'mAP50-95'), ('mAP50', '.--', 0.5, 'mAP50')):
+            vals = [[getattr(r, key) for r in points[t]] for t in targets]
+            err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            ax.errorbar(x, [statistics.mean(v) for v in vals], yerr=err if any(err) else None, fmt=style,
+                        color=color, alpha=alpha, capsize=3, label=f'{label} {name}')
+            for xi, v in zip(x, vals):
+                if len(v) > 1:
+                    ax.plot([xi] * len(v), v, '.', color=color, alpha=0.3 * alpha)
     for r in dense:
         ax.axhline(r.mAP50_95, color='k', lw=0.8, ls=':', label='dense mAP50-95')
     ax.set_xlabel('sparsity of Conv2d weights (%)')
