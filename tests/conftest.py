@@ -35,13 +35,18 @@ def shapes_subset(root: Path, n_train: int, n_val: int) -> Path:
 
 @pytest.fixture(autouse=True)
 def _restore_yolov5_logger():
-    """CLI entry points call set_logging(), which stops propagation to the root logger; undo that after each test
-    so that caplog-based tests see the 'yolov5' records whatever ran before them."""
+    """CLI entry points call set_logging(), which stops propagation to the root logger; put the 'yolov5' logger
+    back to its unconfigured state before and after each test, so that caplog-based tests see its records whatever
+    ran before them (module-scoped fixtures that run a CLI are set up before this fixture)."""
     import logging
 
     log = logging.getLogger('yolov5')
-    state = log.level, log.propagate, list(log.handlers)
+
+    def reset() -> None:
+        log.setLevel(logging.NOTSET)
+        log.propagate = True
+        log.handlers[:] = []
+
+    reset()
     yield
-    log.setLevel(state[0])
-    log.propagate = state[1]
-    log.handlers[:] = state[2]
+    reset()

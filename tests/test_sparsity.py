@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from utils.sparsity import (SparsityReport, apply_masks, format_table, layer_sparsity, magnitude_masks,
+from utils.sparsity import (SparsityReport, apply_masks, collapsed_layers, format_table, layer_sparsity,
+                            magnitude_masks,
                             magnitude_threshold, prunable_layers, prune, sparsity, sweep_amounts)
 
 
@@ -295,6 +296,22 @@ def test_prune_logs_one_line(caplog):
     with caplog.at_level(logging.INFO, logger='yolov5'):
         prune(model, 0.3, verbose=True)
     assert len(caplog.records) == 2 and '3.m.1' in caplog.records[1].getMessage()
+
+
+def test_global_prune_warns_when_it_empties_a_layer(caplog):
+    """A layer of tiny weights is emptied by a global cut: named in a warning and by collapsed_layers."""
+    model = tiny_model()
+    with torch.no_grad():
+        model[1].conv.weight.mul_(1e-3)  # 8->16 conv: all its weights below every other layer's
+    assert collapsed_layers(model) == []
+    with caplog.at_level(logging.INFO, logger='yolov5'):
+        prune(model, 0.5, scope='global')
+    assert collapsed_layers(model) == [('1.conv', 1.0, 16, 16)]
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and '1.conv (16/16 outputs empty, 100.00% zeros)' in warning[0]
+    with torch.no_grad():
+        model[1].conv.weight[3, 0, 0, 0] = 1.0  # one output back: 15/16 still empty, still collapsed
+    assert collapsed_layers(model)[0][2:] == (15, 16) and collapsed_layers(model, min_dead=1.0) == []
 
 
 # ------------------------------------------------------------------------------------------------ user errors

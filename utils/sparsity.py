@@ -280,6 +280,26 @@ def layer_sparsity(model: nn.Module,
             for name, m in prunable_layers(model, exclude_first, exclude_detect)]
 
 
+def collapsed_layers(model: nn.Module,
+                     exclude_first: bool = False,
+                     exclude_detect: bool = False,
+                     min_dead: float = 0.5) -> list[tuple[str, float, int, int]]:
+    """Prunable layers that pruning has all but removed: (name, fraction of zero weights, empty outputs, outputs).
+
+    An output (a conv filter, a Linear row) is empty when all its weights are zero; it then passes only its bias /
+    BatchNorm shift. Layers where at least ``min_dead`` (fraction) of the outputs are empty are returned. Global
+    pruning at high amounts can do this to a whole layer (yolov5n at 90 %: model.7.conv keeps 1 of 294,912
+    weights), cutting every path through it.
+    """
+    out = []
+    for name, m in prunable_layers(model, exclude_first, exclude_detect):
+        rows = m.weight.detach().flatten(1)
+        dead = int((rows == 0).all(1).sum())
+        if rows.shape[0] and dead >= min_dead * rows.shape[0]:
+            out.append((name, _zeros(m.weight) / m.weight.numel(), dead, rows.shape[0]))
+    return out
+
+
 def format_table(rows: Sequence[tuple[str, tuple[int, ...], float]]) -> str:
     """Text table of `layer_sparsity` rows (layer, shape, weights, zeros %) with a weighted total line."""
     w = max([len('layer')] + [len(r[0]) for r in rows])
@@ -326,6 +346,13 @@ def prune(model: nn.Module,
     LOGGER.info(f"Pruned {_kinds(modules)} weights {'layer-wise' if scope == 'layer' else 'globally'} to "
                 f"{amount:.1%} ({len(modules)} layers{', excluding ' + ' and '.join(skipped) if skipped else ''}): "
                 f'{report}')
+    collapsed = collapsed_layers(model, exclude_first, exclude_detect)
+    if collapsed:
+        shown = ', '.join(f'{n} ({d}/{c} outputs empty, {z:.2%} zeros)' for n, z, d, c in collapsed[:3])
+        LOGGER.warning(f'WARNING ⚠️ pruning emptied most outputs of {len(collapsed)} layer(s): {shown}'
+                       f"{', ...' if len(collapsed) > 3 else ''}; they pass little more than their bias. "
+                       f"{'Layer-wise scope or a lower amount avoids this' if scope == 'global' else 'Use a lower amount'}"
+                       f' (fine-tuning with DNS, train.py --dns, can splice weights back)')
     if verbose:
         LOGGER.info(format_table(layer_sparsity(model, exclude_first, exclude_detect)))
     return report
