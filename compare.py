@@ -99,7 +99,12 @@ def merge_tables(opt: argparse.Namespace) -> list[Row]:
     """--from-csv: rows of earlier comparison.csv files in one table (e.g. seeds run in separate commands)."""
     rows = merge([read_csv(Path(f)) for f in opt.from_csv])
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    caption = f'Merged by `python compare.py --from-csv {" ".join(opt.from_csv)}` (nothing re-evaluated).'
+    return publish(rows, save_dir, f'Merged by `python compare.py --from-csv {" ".join(opt.from_csv)}` '
+                                   '(nothing re-evaluated).')
+
+
+def publish(rows: list[Row], save_dir: Path, caption: str) -> list[Row]:
+    """Write comparison.{csv,md,png} into ``save_dir`` and log the table; returns ``rows``."""
     out = write_all(rows, save_dir, caption)
     LOGGER.info('\n' + out['md'].read_text())
     LOGGER.info(f'comparison written to {save_dir} ({", ".join(p.name for p in out.values())})')
@@ -156,10 +161,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
                f'hyp {Path(opt.hyp).name}, seeds {" ".join(map(str, opt.seeds))}. '
                f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}` '
                f'in {time.time() - t0:.0f} s on {where}.')
-    out = write_all(rows, save_dir, caption)
-    LOGGER.info('\n' + out['md'].read_text())
-    LOGGER.info(f'comparison written to {save_dir} ({", ".join(p.name for p in out.values())})')
-    return rows
+    return publish(rows, save_dir, caption)
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
