@@ -274,7 +274,7 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
     try:
         dns = DNS(model, target=opt.target_sparsity, surgery_steps=steps, scope=opt.dns_scope, band=opt.dns_band,
                   gamma=opt.dns_gamma, power=opt.dns_power,
-                  s_init=opt.target_sparsity if getattr(opt, 'dns_schedule', 'constant') == 'constant' else None,
+                  s_init=opt.target_sparsity if opt.dns_schedule == 'constant' else None,
                   seed=opt.seed,
                   exclude_first=opt.prune_exclude_first, exclude_detect=opt.prune_exclude_detect)
         if state is not None:
