@@ -367,3 +367,34 @@ def pruned_model_for_training(model: nn.Module, nc: int) -> nn.Module:
     for p in m.parameters():
         p.requires_grad = True
     return m
+
+
+def amount_for_flops(model: nn.Module, flops_ratio: float, scope: str = 'layer', importance: str = 'l1',
+                     round_to: int = 1, imgsz: int = 640, tol: float = 0.005) -> float:
+    """The channel fraction whose `prune_channels` leaves ``flops_ratio`` of the model's FLOPs (bisection on copies).
+
+    ``model`` is not changed. Returns the amount (fraction of prunable channels), within ``tol`` of the FLOPs ratio
+    where the rounding allows.
+    """
+    from copy import deepcopy
+
+    from utils.torch_utils import model_flops
+
+    if not 0.0 < flops_ratio <= 1.0:
+        raise ValueError(f'FLOPs ratio must be in (0, 1], got {flops_ratio}')
+    base = model_flops(unwrap(model), imgsz)
+    lo, hi = 0.0, 0.99
+    level = logging.getLogger('yolov5').level
+    logging.getLogger('yolov5').setLevel(logging.WARNING)  # no report line per trial
+    try:
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            m = deepcopy(unwrap(model))
+            prune_channels(m, mid, scope, importance, round_to)
+            ratio = model_flops(m, imgsz) / base
+            if abs(ratio - flops_ratio) <= tol:
+                return mid
+            lo, hi = (mid, hi) if ratio > flops_ratio else (lo, mid)
+    finally:
+        logging.getLogger('yolov5').setLevel(level)
+    return (lo + hi) / 2
