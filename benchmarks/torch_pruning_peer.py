@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import math
 import pickle
 import statistics
@@ -86,12 +87,14 @@ def _check_pruned(model: nn.Module, reference: nn.Module, imgsz: int) -> None:
 
 def prune_with_torch_pruning(model: nn.Module, flops_ratio: float, imgsz: int = 256, round_to: int = 1,
                              tol: float = 0.005) -> nn.Module:
-    """A copy of a YOLOv5 DetectionModel channel-pruned by Torch-Pruning to ``flops_ratio`` of its FLOPs at ``imgsz`` px.
+    """A copy of a YOLOv5 DetectionModel channel-pruned by Torch-Pruning to ``flops_ratio`` of its FLOPs at
+    ``imgsz`` pixels.
 
     One-shot MagnitudePruner, L1 magnitude importance (Torch-Pruning's default group reduction), one pruning ratio
     for every group, searched on copies (a square-law guess, kept inside a bisection bracket) until our
-    `model_flops` ratio is within ``tol`` (or the closest trial after 20). The Detect output convs keep their outputs. ``model`` is not changed; the copy is FP32, in
-    eval mode, with the same classes and attribute names (so it pickles, fuses, trains and saves as usual).
+    `model_flops` ratio is within ``tol`` (or the closest trial after 20). The Detect output convs keep their
+    outputs. ``model`` is not changed; the copy is FP32, in eval mode, with the same classes and attribute names
+    (so it pickles, fuses, trains and saves as usual).
     """
     if not 0.0 < flops_ratio <= 1.0:
         raise ValueError(f'FLOPs ratio must be in (0, 1], got {flops_ratio}')
@@ -105,7 +108,7 @@ def prune_with_torch_pruning(model: nn.Module, flops_ratio: float, imgsz: int = 
         m = _tp_prune_copy(model, r, imgsz, round_to)
         ratio = model_flops(m, imgsz) / base
         if abs(ratio - flops_ratio) < best_err:
-            best, best_err = m, abs(ratio - flops_ratio)
+            best, best_err, best_r, best_ratio = m, abs(ratio - flops_ratio), r, ratio
         if best_err <= tol:
             break
         lo, hi = (r, hi) if ratio > flops_ratio else (lo, r)
@@ -115,6 +118,7 @@ def prune_with_torch_pruning(model: nn.Module, flops_ratio: float, imgsz: int = 
     for p in best.parameters():
         p.requires_grad_(grad)
     _check_pruned(best, model, imgsz)
+    logging.getLogger('yolov5').info(f'Torch-Pruning: pruning ratio {best_r:.4f} leaves {best_ratio:.4f} of the FLOPs')
     return best
 
 
@@ -166,7 +170,7 @@ def selection_agreement(dense: nn.Module, a: nn.Module, b: nn.Module) -> float:
 
 @torch.inference_mode()
 def latency_ms(models: dict[str, nn.Module], imgsz: int = 640, repeats: int = 30, warmup: int = 3) -> dict[str, float]:
-    """Median CPU ms of a batch-1 forward at ``imgsz`` px per model, fused copies, repeats interleaved over the models."""
+    """Median CPU ms of a batch-1 forward at ``imgsz`` pixels per model (fused copies, repeats interleaved)."""
     fused = {k: deepcopy(m).float().cpu().fuse().eval() for k, m in models.items()}
     im = torch.zeros(1, 3, imgsz, imgsz)
     for m in fused.values():
@@ -258,14 +262,14 @@ def run(opt: argparse.Namespace) -> list[dict]:
                      'weights': str(files[key])})
     for r, key in zip(rows, models):
         r['mAP50 one-shot'], r['mAP50-95 one-shot'] = (round(v, 4) for v in evaluate(files[key], opt, out))
-    table = rows[:1]
-    write_csv(out, table)
-    for seed in opt.seeds:
-        for r, key in zip(rows[1:], list(models)[1:]):
+    write_csv(out, rows)  # the one-shot rows, replaced by per-seed rows as the fine-tuning runs finish
+    LOGGER.info('one-shot:\n' + format_table(rows, opt))
+    table = rows[:1] if opt.finetune_epochs > 0 else rows
+    for seed in opt.seeds if opt.finetune_epochs > 0 else []:
+        for r, key in zip(rows[1:], list(models)[1:]):  # both methods per seed: paired rows survive an interruption
             row = dict(r, seed=seed)
-            if opt.finetune_epochs > 0:
-                last = finetune(files[key], opt, out, seed)
-                row['mAP50 fine-tuned'], row['mAP50-95 fine-tuned'] = (round(v, 4) for v in evaluate(last, opt, out))
+            last = finetune(files[key], opt, out, seed)
+            row['mAP50 fine-tuned'], row['mAP50-95 fine-tuned'] = (round(v, 4) for v in evaluate(last, opt, out))
             table.append(row)
             write_csv(out, table)  # partial results survive an interrupted run
 
@@ -299,7 +303,8 @@ def format_table(table: list[dict], opt: argparse.Namespace) -> str:
         ft = [r['mAP50-95 fine-tuned'] for r in table if r['method'] == method]
         if len(ft) > 1:
             sd = statistics.stdev(ft)
-            lines.append(f'{method}: fine-tuned mAP50-95 mean {statistics.mean(ft):.4f} ± {sd:.4f} over {len(ft)} seeds')
+            lines.append(f'{method}: fine-tuned mAP50-95 mean {statistics.mean(ft):.4f} ± {sd:.4f} '
+                         f'over {len(ft)} seeds')
     lines.append(f'fine-tuning: {opt.finetune_epochs} epochs, hyp {Path(opt.hyp).name}, batch {opt.train_batch_size}, '
                  f'{opt.imgsz} px, seeds {" ".join(map(str, opt.seeds))}')
     return '\n'.join(lines)
