@@ -63,12 +63,12 @@ def test_val_cli_flags_and_errors(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()[-1:]) == 1
 
 
-def test_val_bn_importance_needs_channel_granularity(tiny_data, tmp_path, caplog):
+def test_val_bn_importance_needs_channel_granularity(tiny_data, tmp_path, capfd):
     with pytest.raises(SystemExit) as e:
         val.main(val.parse_opt(['--data', str(tiny_data), '--weights', str(SHIPPED), '--img', '64', '--prune', '0.3',
                                 '--prune-importance', 'bn', '--project', str(tmp_path), '--workers', '0']))
     assert e.value.code == 1
-    assert 'needs --prune-granularity channel' in caplog.text
+    assert 'ERROR: --prune-importance bn needs --prune-granularity channel' in capfd.readouterr().err
 
 
 def test_detect_channel_pruned_runs(tiny_data, tmp_path):
