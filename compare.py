@@ -6,6 +6,7 @@ Usage:
     python compare.py --weights best.pt --dns-weights runs/train/dns50/weights/last.pt
     python compare.py --amounts 0.5 0.7 --scopes global --seeds 0 1 2     # trained rows per seed + mean ± std
     python compare.py --from-csv runs/val/compare/comparison.csv runs/val/compare2/comparison.csv   # one table
+    python compare.py --structured --seeds 0 1 2        # channel pruning: latency, GFLOPs, mAP (see run_structured)
 
 Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
 --finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
@@ -14,6 +15,9 @@ once per --seeds; then any --dns-weights given. Every row is saved as
 an upstream-compatible FP16 checkpoint (its size = dense MB) and in the compact sparse form (compact MB), and
 evaluated by val.run. Outputs comparison.csv / .md / .png in runs/val/compare*/: the table, mean ± std over seeds
 and the per-seed (paired) difference DNS - one-shot+ft.
+
+--structured compares channel pruning instead (physically smaller models): `run_structured` lists the rows; every
+row's latency is measured at the end in one interleaved session, and comparison.png plots mAP50-95 against it.
 """
 from __future__ import annotations
 
@@ -99,15 +103,101 @@ def merge_tables(opt: argparse.Namespace) -> list[Row]:
     """--from-csv: rows of earlier comparison.csv files in one table (e.g. seeds run in separate commands)."""
     rows = merge([read_csv(Path(f)) for f in opt.from_csv])
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    return publish(rows, save_dir, f'Merged by `python compare.py --from-csv {" ".join(opt.from_csv)}` '
-                                   '(nothing re-evaluated).')
+    note = '(nothing re-evaluated)'
+    if opt.structured:  # latencies from separate runs do not compare: time every row again, in one session
+        measure_latency(rows, opt)
+        note = (f'(mAP not re-evaluated; latency of all rows re-measured in one session: batch 1 at {opt.latency_img} '
+                f'px, median of {opt.latency_repeats} interleaved repeats)')
+    return publish(rows, save_dir, f'Merged by `python compare.py --from-csv {" ".join(opt.from_csv)}'
+                                   f'{" --structured" if opt.structured else ""}` {note}.', structured=opt.structured)
 
 
-def publish(rows: list[Row], save_dir: Path, caption: str) -> list[Row]:
+def publish(rows: list[Row], save_dir: Path, caption: str, structured: bool = False) -> list[Row]:
     """Write comparison.{csv,md,png} into ``save_dir`` and log the table; returns ``rows``."""
-    out = write_all(rows, save_dir, caption)
+    out = write_all(rows, save_dir, caption, structured)
     LOGGER.info('\n' + out['md'].read_text())
     LOGGER.info(f'comparison written to {save_dir} ({", ".join(p.name for p in out.values())})')
+    return rows
+
+
+def channel_train(weights: Path, opt: argparse.Namespace, save_dir: Path, name: str, seed: int,
+                  epochs: int | None = None, **kw) -> Path:
+    """One train.py run from ``weights`` (budget --finetune-epochs unless ``epochs``); returns its last.pt."""
+    trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=epochs or opt.finetune_epochs,
+                imgsz=opt.imgsz, batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers,
+                project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
+                noautoanchor=True, seed=seed, **kw)
+    return save_dir / 'train' / name / 'weights' / 'last.pt'
+
+
+def channel_dns_kw(amount: float, opt: argparse.Namespace, importance: str, surgery: bool) -> dict:
+    """train.py options of channel DNS (surgery) or one-shot channel pruning + fine-tuning (no surgery)."""
+    return dict(dns=True, dns_granularity='channel', target_sparsity=amount, dns_scope=opt.channel_scope,
+                prune_importance=importance, prune_round=opt.prune_round,
+                dns_surgery_epochs=None if surgery else 0)  # None: train.py's default, the first half
+
+
+def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
+    """Fill gflops and latency_ms of every row: its saved model, fused, batch 1 at --latency-img, all rows timed
+    in one interleaved session (benchmarks/latency_bench.measure), median of --latency-repeats."""
+    from benchmarks.latency_bench import _torch_runner, measure
+    from utils.torch_utils import model_flops
+
+    device = select_device(opt.device)
+    models = {}
+    for i, r in enumerate(rows):
+        m = attempt_load(r.weights, device=device)  # fused, eval
+        r.gflops = model_flops(m, 640)
+        models[i] = m.half() if opt.half and device.type == 'cuda' else m
+    x = torch.zeros(1, 3, opt.latency_img, opt.latency_img, device=device,
+                    dtype=torch.half if opt.half and device.type == 'cuda' else torch.float)
+    t = measure({i: _torch_runner(m, x) for i, m in models.items()}, device, opt.latency_repeats)
+    for i, r in enumerate(rows):
+        r.latency_ms = t[i] * 1e3
+
+
+def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) -> list[Row]:
+    """Channel-pruning rows: dense; one-shot channel pruning by L1 and by |gamma| at each --amounts (fraction of
+    prunable channels); per seed: each + fine-tuning, network slimming (--slim-lambda for the budget, prune by
+    |gamma|, fine-tune: twice the budget), channel DNS (|gamma|); then --peer (Torch-Pruning at the same FLOPs as
+    our L1 one-shot model, + fine-tuning). Latency of all rows is measured at the end in one session."""
+    from utils.channel_pruning import prune_channels
+    from utils.torch_utils import model_flops
+
+    rows = [one(attempt_load(dense, fuse=False), Row('dense'), 'dense')]
+    flops_ratio = {}
+    for a in opt.amounts:
+        for imp in ('l1', 'bn'):
+            model = attempt_load(dense, fuse=False)
+            prune_channels(model, a, opt.channel_scope, imp, opt.prune_round)
+            if imp == 'l1':
+                flops_ratio[a] = model_flops(model, 640) / model_flops(attempt_load(dense, fuse=False), 640)
+            rows.append(one(model, Row(f'ch one-shot ({imp})', opt.channel_scope, a), f'ch-oneshot-{imp}-{a:g}'))
+    if opt.finetune_epochs > 0:
+        for seed in opt.seeds:
+            slim = None
+            for a in opt.amounts:
+                tag = f'{a:g}-seed{seed}'
+                runs = [(f'ch one-shot+ft ({imp})', f'ch-oneshot-ft-{imp}-{tag}', dense,
+                         channel_dns_kw(a, opt, imp, surgery=False), opt.finetune_epochs) for imp in ('l1', 'bn')]
+                if opt.slim_lambda > 0:
+                    if slim is None:  # one slimming run per seed, shared by the amounts
+                        slim = channel_train(dense, opt, save_dir, f'slim-seed{seed}', seed, slim=opt.slim_lambda)
+                    runs.append(('slim+ft', f'slim-ft-{tag}', slim, channel_dns_kw(a, opt, 'bn', surgery=False),
+                                 2 * opt.finetune_epochs))
+                runs.append(('ch dns', f'ch-dns-{tag}', dense, channel_dns_kw(a, opt, 'bn', surgery=True),
+                             opt.finetune_epochs))
+                if opt.peer:
+                    from benchmarks.torch_pruning_peer import prune_with_torch_pruning
+                    peer = save_dir / 'models' / f'torch-pruning-{tag}-start.pt'
+                    save(make_checkpoint(prune_with_torch_pruning(attempt_load(dense, fuse=False), flops_ratio[a],
+                                                                  imgsz=opt.imgsz)), peer)
+                    runs.append(('torch-pruning+ft', f'tp-ft-{tag}', peer, {}, opt.finetune_epochs))
+                for method, name, start, kw, budget in runs:
+                    last = channel_train(start, opt, save_dir, name, seed, **kw)
+                    rows.append(one(attempt_load(last, fuse=False),
+                                    Row(method, opt.channel_scope, a, epochs=budget, seed=seed), name))
+    measure_latency(rows, opt)
     return rows
 
 
@@ -134,6 +224,18 @@ def run(opt: argparse.Namespace) -> list[Row]:
         return row
 
     rows: list[Row] = []
+    if opt.structured:
+        rows = run_structured(opt, save_dir, dense, one)
+        device = select_device(opt.device)
+        where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+        caption = (f'{Path(opt.data).name}, {opt.imgsz} px; dense weights {dense}; channel pruning ({opt.channel_scope} '
+                   f'scope, kept channels rounded to {opt.prune_round}); trained rows {opt.finetune_epochs} epochs each '
+                   f'(slim+ft: {opt.finetune_epochs} slimming epochs with lambda {opt.slim_lambda:g}, then '
+                   f'{opt.finetune_epochs} fine-tuning), hyp {Path(opt.hyp).name}, seeds {" ".join(map(str, opt.seeds))}; '
+                   f'latency: batch 1 at {opt.latency_img} px, median of {opt.latency_repeats} interleaved repeats. '
+                   f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py --structured"}` '
+                   f'in {time.time() - t0:.0f} s on {where}.')
+        return publish(rows, save_dir, caption, structured=True)
     one(attempt_load(dense, fuse=False), Row('dense'), 'dense')
     for scope in opt.scopes:
         for a in opt.amounts:
@@ -169,7 +271,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--data', default=str(ROOT / 'data' / 'shapes.yaml'), help='dataset.yaml path')
     p.add_argument('--weights', default='', help=f'dense weights (default {DEFAULT_WEIGHTS.relative_to(ROOT)}, '
                                                  'trained first if missing)')
-    p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=[0.3, 0.5, 0.7], help='sparsities to compare')
+    p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=None,
+                   help='sparsities to compare (default 0.3 0.5 0.7; with --structured: fractions of prunable channels, '
+                        'default 0.3)')
     p.add_argument('--scopes', nargs='+', choices=['layer', 'global'], default=['layer', 'global'],
                    help='one-shot pruning scopes')
     p.add_argument('--finetune-epochs', type=int_at_least(0), default=5,
@@ -189,12 +293,27 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--half', action='store_true', help='FP16 evaluation (CUDA only)')
     p.add_argument('--seeds', '--seed', nargs='+', type=int, default=[0],
                    help='training seeds: each trained row is repeated per seed (mean ± std table for 2 or more)')
+    p.add_argument('--structured', action='store_true',
+                   help='channel pruning instead: one-shot (L1, |gamma|), + fine-tuning, slimming, channel DNS, with '
+                        'params, GFLOPs, measured latency and a mAP-vs-latency plot; --amounts are channel fractions')
+    p.add_argument('--channel-scope', choices=['layer', 'global'], default='layer', help='--structured: scope')
+    p.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
+                   help='--structured: kept channels rounded up to a multiple of N')
+    p.add_argument('--slim-lambda', type=float_in(0, math.inf, hi_open=True), default=1e-2, metavar='LAMBDA',
+                   help='--structured: network slimming penalty of the slim+ft rows (0 skips them)')
+    p.add_argument('--peer', action='store_true',
+                   help='--structured: add Torch-Pruning (pip install torch-pruning) at the same FLOPs + fine-tuning')
+    p.add_argument('--latency-img', type=int_at_least(32), default=640, help='--structured: latency image size')
+    p.add_argument('--latency-repeats', type=int_at_least(1), default=10, help='--structured: timing rounds')
     p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
                    help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')
     p.add_argument('--name', default='compare', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    if opt.amounts is None:  # channel fraction 0.3 leaves about half of the FLOPs
+        opt.amounts = [0.3] if opt.structured else [0.3, 0.5, 0.7]
+    return opt
 
 
 def main(opt: argparse.Namespace) -> list[Row]:

@@ -36,9 +36,12 @@ class Row:
     epochs: int = 0  # fine-tuning / DNS epochs spent after the dense model
     seed: int | None = None  # training seed of a fine-tuned / DNS row (None: no training)
     weights: str = ''
+    gflops: float = math.nan  # at 640 px (torch's flop counter, 2 x MACs like upstream)
+    latency_ms: float = math.nan  # measured in one interleaved session over all rows (see compare.py --structured)
 
 
 COLUMNS = [f.name for f in fields(Row)]
+OPTIONAL = ('gflops', 'latency_ms')  # columns added later: older comparison.csv files lack them
 
 
 def _fmt(v: object) -> str:
@@ -135,13 +138,13 @@ def read_csv(file: Path) -> list[Row]:
     rows = []
     with open(file, newline='') as f:
         reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or [])
+        missing = set(COLUMNS) - set(reader.fieldnames or []) - set(OPTIONAL)
         if missing:
             raise ValueError(f'{file} is not a comparison.csv: missing columns {", ".join(sorted(missing))}')
         for d in reader:
             kw: dict[str, object] = {}
             for k in COLUMNS:
-                v, t = d[k], types[k]
+                v, t = d.get(k, ''), types[k]
                 if k == 'seed':
                     kw[k] = int(v) if v else None
                 elif t == 'float':
@@ -210,13 +213,64 @@ def plot(rows: list[Row], file: Path) -> Path:
     return file
 
 
-def write_all(rows: list[Row], save_dir: Path, caption: str = '') -> dict[str, Path]:
-    """Write comparison.csv, comparison.md (table, then ``caption`` if given) and comparison.png into ``save_dir``."""
+def structured_markdown(rows: list[Row]) -> str:
+    """The channel-pruning table: structure (params, GFLOPs), measured latency and speed-up over dense, accuracy."""
+    dense = next((r.latency_ms for r in rows if r.method == 'dense'), math.nan)
+    head = ['method', 'scope', 'channels pruned', 'params', 'GFLOPs@640', 'latency ms', 'speed-up', 'mAP50',
+            'mAP50-95', 'epochs', 'seed']
+    lines = [f'| {r.method} | {r.scope} | {_fmt(r.target)} | {r.params:,} | {_fmt(r.gflops)} | {_fmt(r.latency_ms)} | '
+             f'{_fmt(dense / r.latency_ms)}x | {_fmt(r.mAP50)} | {_fmt(r.mAP50_95)} | {r.epochs} | {_fmt(r.seed)} |'
+             for r in rows]
+    return _table(head, lines)
+
+
+def plot_pareto(rows: list[Row], file: Path) -> Path:
+    """comparison.png for channel pruning: mAP50-95 against measured latency, one marker per method; rows repeated
+    over seeds drawn as mean ± std (both axes), each seed as a faint dot. Up and left is better."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), tight_layout=True)
+    ax = fig.add_subplot()
+    groups: dict[tuple[str, float], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.method, r.target), []).append(r)
+    methods = sorted({m for m, _ in groups})
+    for (method, target), rs in groups.items():
+        color = f'C{methods.index(method)}'
+        x, y = [r.latency_ms for r in rs], [r.mAP50_95 for r in rs]
+        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sd(x) or None, yerr=sd(y) or None, fmt='o',
+                    color=color, capsize=3, label=method if target == min(t for m, t in groups if m == method) else None)
+        if len(rs) > 1:
+            ax.plot(x, y, '.', color=color, alpha=0.3)
+        if method != 'dense':
+            ax.annotate(f'{target:g}', (statistics.mean(x), statistics.mean(y)), fontsize=6,
+                        xytext=(3, 3), textcoords='offset points')
+    ax.set_xlabel('latency per image (ms, measured in one session)')
+    ax.set_ylabel('mAP50-95')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='lower right')
+    fig.savefig(file, dpi=150)
+    return file
+
+
+def write_all(rows: list[Row], save_dir: Path, caption: str = '', structured: bool = False) -> dict[str, Path]:
+    """Write comparison.csv, comparison.md (table, then ``caption`` if given) and comparison.png into ``save_dir``.
+
+    ``structured``: the channel-pruning table (latency, GFLOPs) and the mAP-vs-latency plot; DNS is paired with
+    one-shot + fine-tuning by the same channel importance ('ch dns' - 'ch one-shot+ft (bn)').
+    """
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     md = save_dir / 'comparison.md'
-    summary, paired = seed_summary(rows), paired_summary(rows)
-    md.write_text(markdown(rows) + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '')
-                  + (f'\nDNS minus one-shot + fine-tuning, mAP50-95, paired by seed:\n\n{paired}' if paired else '')
+    summary = seed_summary(rows)
+    pair = ('ch dns', 'ch one-shot+ft (bn)') if structured else ('dns', 'one-shot+ft')
+    paired = paired_summary(rows, *pair)
+    title = ('channel DNS minus one-shot channel pruning (|gamma|) + fine-tuning' if structured
+             else 'DNS minus one-shot + fine-tuning')
+    table = structured_markdown(rows) if structured else markdown(rows)
+    md.write_text(table + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '')
+                  + (f'\n{title}, mAP50-95, paired by seed:\n\n{paired}' if paired else '')
                   + (f'\n{caption}\n' if caption else ''))
-    return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': plot(rows, save_dir / 'comparison.png')}
+    png = (plot_pareto if structured else plot)(rows, save_dir / 'comparison.png')
+    return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': png}
