@@ -1,4 +1,5 @@
-"""One short GPU check (under 5 minutes on one H100): val.py speed dense vs --prune 0.3, and DNS step overhead.
+"""One short GPU check (a few minutes on one H100): val.py speed dense vs --prune 0.3, DNS step overhead, and
+channel-pruning latency in FP16.
 
 Usage (on a CUDA machine, from the repo root):  python benchmarks/gpu_check.py [--device 0] [--imgsz 640]
 
@@ -7,6 +8,8 @@ Usage (on a CUDA machine, from the repo root):  python benchmarks/gpu_check.py [
    Unstructured zeros do not make dense GPU kernels faster: expect a ratio of ~1.0 (upstream's tutorial says
    the same); the check is that pruning costs no speed and that FP16 + pruning runs on CUDA.
 2. benchmarks/dns_bench.py on the GPU (yolov5s, 640 px, batch 16): plain step vs DNS steps and memory.
+3. benchmarks/latency_bench.py on the GPU in FP16: yolov5n/s dense vs 50 % unstructured vs channel-pruned to half
+   the FLOPs (plain and rounded to multiples of 8), batch 1 at 640 and batch 32 at 256.
 Prints numbers only; nothing is asserted.
 """
 from __future__ import annotations
@@ -66,6 +69,8 @@ def main() -> None:
         speed_table(opt.device, opt.imgsz, opt.batch_size, opt.cfgs, Path(tmp))
     from benchmarks import dns_bench
     dns_bench.run(cfg='yolov5s.yaml', img=opt.imgsz, batch=16, warmup=3, iters=10, device=f'cuda:{opt.device}')
+    from benchmarks import latency_bench
+    latency_bench.run(cfgs=['yolov5n.yaml', 'yolov5s.yaml'], device=opt.device, half=True, repeats=20)
     print(f'gpu_check done in {time.time() - t0:.0f} s')
 
 
