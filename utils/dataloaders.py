@@ -241,13 +241,16 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None,
                 with Image.open(im_file) as im:
                     im.load()
                 msg = f'{prefix}WARNING ⚠️ {im_file}: JPEG without end marker, decodes fine, kept'
+        elif fmt != 'png':  # verify() checks PNG chunk CRCs but reads no pixels of BMP/TIFF/WebP...: decode once
+            with Image.open(im_file) as im:  # (a truncated BMP passes verify(), then cv2.imread fails in training)
+                im.load()
     except Exception as e:
         return im_file, no_labels, (0, 0), CORRUPT, 0, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {e}'
     if not os.path.exists(lb_file):  # a folder or other non-file at that path is a corrupt label, read below
         return im_file, no_labels, shape, MISSING, 0, msg
     try:
         lb, ndup = _read_labels(lb_file, nc)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # whatever a file holds, the scan goes on: one bad file is skipped, not fatal
         return im_file, no_labels, shape, CORRUPT, 0, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {e}'
     if ndup:
         msg = f'{prefix}WARNING ⚠️ {lb_file}: {ndup} duplicate labels removed'
