@@ -175,7 +175,7 @@ class _BadLabel(ValueError):
 def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
     """Parse and check one label file; returns ((n, 5) float32 [cls xc yc w h], duplicates removed).
 
-    Raises _BadLabel (or OSError / UnicodeDecodeError) for a file that cannot be used: a row that is not
+    Raises _BadLabel (or OSError, UnicodeDecodeError, ...) for a file that cannot be used: a row that is not
     ``cls xc yc w h`` (or a polygon ``cls x1 y1 x2 y2 ...``), a non-finite value (nan, inf, or too large for
     float32), a class id that is not a whole number in [0, nc) (upper bound only when ``nc`` is given), or a
     coordinate outside [0, 1].
@@ -202,8 +202,9 @@ def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
         boxes.append(row)
     lb = np.array(boxes, np.float32).reshape(-1, 5)
     cls = lb[:, 0]
-    if (cls < 0).any() or (cls != np.round(cls)).any():
-        raise _BadLabel('class ids must be whole numbers >= 0')
+    bad = (cls < 0) | (cls != np.round(cls))
+    if bad.any():
+        raise _BadLabel(f'class id {cls[bad][0]:g} is not a whole number >= 0')
     if nc is not None and (cls >= nc).any():
         raise _BadLabel(f'class id {int(cls.max())} >= nc={nc} of the data yaml (class ids are 0-{nc - 1})')
     if (lb[:, 1:] < 0).any():
