@@ -362,6 +362,17 @@ def test_single_cls_still_refuses_class_ids_beyond_the_data(tmp_path, caplog):
     assert all((lb[:, 0] == 0).all() for lb in ds.labels) and sum(len(lb) for lb in ds.labels) > 6
 
 
+def test_sparsity_sweep_skips_class_and_nan_rows(tmp_path, caplog):
+    """val.py --task sparsity builds its own loader: the same two files are skipped, the table has its row."""
+    data = tiny_copy(tmp_path / 'd')
+    caplog.set_level(logging.INFO, logger='yolov5')
+    _, rows = val.sparsity_sweep(data=data, imgsz=64, batch_size=8, device='cpu', workers=0, project=tmp_path / 'r',
+                                 amounts=[0.0], scopes=('layer',))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]['mAP50']))
+    warned = _warnings(caplog)
+    assert any('class id 7 >= nc=3' in w for w in warned) and any('non-finite value' in w for w in warned)
+
+
 # ---------------------------------------------------------------------------------------------- the label cache
 def _forge_cache(cache: Path, version: str, nc: int | None) -> None:
     """Rewrite ``cache`` as a cache that version ``version`` would have written for ``nc`` with every file OK."""

@@ -189,7 +189,7 @@ def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
             v = [float(x) for x in parts]
         except ValueError:
             raise _BadLabel(f'non-numeric value in line "{line.strip()}"') from None
-        with np.errstate(over='ignore', invalid='ignore'):  # beyond float32 -> inf, refused below with nan
+        with np.errstate(over='ignore', invalid='ignore'):  # values beyond float32 become inf: refused below
             if len(v) == 5:
                 row = np.array(v, np.float32)
             elif len(v) >= 7 and len(v) % 2 == 1:  # polygon "cls x1 y1 x2 y2 ..." -> its enclosing box
