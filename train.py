@@ -117,15 +117,13 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                                               hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect, rank=local_rank,
                                               workers=opt.workers, image_weights=opt.image_weights,
                                               prefix=colorstr('train: '), shuffle=True, seed=opt.seed,
-                                              nc=None if opt.single_cls else nc)
+                                              nc=data_dict['nc'])  # the yaml's nc, also with --single-cls
     labels = np.concatenate(dataset.labels, 0)
-    if len(labels) and int(labels[:, 0].max()) >= nc:
-        raise TrainingError(f'label class {int(labels[:, 0].max())} exceeds nc={nc} in {opt.data}; '
-                            f'possible class labels are 0-{nc - 1}')
     if main_rank:
         val_loader = create_dataloader(data_dict['val'], imgsz, batch_size // world_size * 2, gs, opt.single_cls,
                                        hyp=hyp, cache=None if opt.noval else opt.cache, rect=True, rank=-1,
-                                       workers=opt.workers * 2, pad=0.5, prefix=colorstr('val: '))[0]
+                                       workers=opt.workers * 2, pad=0.5, prefix=colorstr('val: '),
+                                       nc=data_dict['nc'])[0]
         if not resume:
             if not opt.noautoanchor:
                 check_anchors(dataset, model=model, thr=hyp['anchor_t'], imgsz=imgsz)

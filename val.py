@@ -200,7 +200,7 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         if not data.get(split):
             raise FileNotFoundError(f"the data yaml has no '{split}:' images to evaluate")
         dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
-                                       workers=workers, prefix=colorstr(f'{split}: '))[0]
+                                       workers=workers, prefix=colorstr(f'{split}: '), nc=int(data['nc']))[0]
         own_dir = not str(save_dir) or str(save_dir) == '.'
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok) if own_dir else Path(save_dir)
         (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ def sparsity_sweep(data: str | Path | dict = DEFAULT_DATA, weights: list | str |
     stride = max(max(int(b.stride.max()) for _, b in bases), 32)
     imgsz = check_img_size(imgsz, s=stride)
     dataloader = create_dataloader(data['val'], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
-                                   workers=workers, prefix=colorstr('val: '))[0]
+                                   workers=workers, prefix=colorstr('val: '), nc=int(data['nc']))[0]
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
 
     rows = []

@@ -83,7 +83,7 @@ def main(opt: argparse.Namespace) -> None:
     hyp = scale_loss_gains(hyp, model.model[-1].nl, data['nc'], opt.img)
     model.hyp = hyp
     loader, _ = create_dataloader(data['train'], opt.img, opt.batch, 32, hyp=hyp, augment=True, shuffle=True,
-                                  workers=0)
+                                  workers=0, nc=data['nc'])
     n = opt.warmup + opt.iters
     t = time.perf_counter()
     it = iter(loader)

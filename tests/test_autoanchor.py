@@ -162,6 +162,14 @@ def test_kmean_anchors_fewer_labels_than_anchors():
     assert k.shape == (4, 2) and (np.diff(k.prod(1)) >= 0).all()
 
 
+def test_kmean_anchors_from_data_yaml(tmp_path):
+    """A data yaml path: its train split is loaded (labels checked against the yaml's nc, no augmentation)."""
+    from tests.conftest import shapes_subset
+
+    k = kmean_anchors(str(shapes_subset(tmp_path, 12, 4)), n=3, img_size=64, gen=10, verbose=False)
+    assert k.shape == (3, 2) and (k > 0).all() and (np.diff(k.prod(1)) >= 0).all()
+
+
 def test_check_anchors_on_detection_model():
     from models.yolo import DetectionModel
 

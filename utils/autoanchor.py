@@ -157,7 +157,8 @@ def kmean_anchors(
     if isinstance(dataset, (str, dict)):
         from utils.dataloaders import LoadImagesAndLabels, check_dataset  # only when a path is given
 
-        dataset = LoadImagesAndLabels(check_dataset(dataset)['train'], augment=True, rect=True)
+        data = check_dataset(dataset)  # only labels and image sizes are used: no augmentation (which needs hyp)
+        dataset = LoadImagesAndLabels(data['train'], rect=True, nc=data['nc'])
     prefix = _prefix()
     thr = 1 / thr
     rng = np.random.default_rng(seed)

@@ -5,11 +5,19 @@ YOLO format: every image ``.../images/<split>/name.jpg`` has a label file ``.../
 with one object per line, ``cls xc yc w h``, coordinates normalized to 0-1 by the image width/height.
 A missing or empty label file means a background image.
 
+Label checks: an image with a label file that cannot be used (see _read_labels: wrong column count, a
+non-numeric or non-finite value, a class id that is not a whole number in [0, nc), a coordinate outside
+[0, 1], unreadable bytes, a folder in place of the file) is skipped and counted as corrupt, with the reason
+in a warning, as is an unreadable image. train.py, val.py (and so compare.py and the sparsity sweep) pass the
+data yaml's nc, also with --single-cls: a class id >= the yaml's nc is a broken label whatever the class
+count of the model, and single-cls only merges the valid classes into class 0 after the check.
+
 Label cache: after verifying every image and label once, the results are written next to the labels
 folder (``labels/train.cache`` for ``images/train``, ``train.cache`` for a ``train.txt`` list), as an
 ``np.savez`` archive of plain arrays read back with ``allow_pickle=False`` (so a cache file can never run
 code; upstream's pickled caches at the same place are recognised as foreign and rebuilt). The cache is
-rebuilt when the hash of (file paths, sizes, modification times, nc) or the cache version changes.
+rebuilt when its version or the hash of (file paths, sizes, modification times, nc, cache version)
+differs, so a verdict made under another nc, or by the laxer checks of an older version, is never reused.
 """
 from __future__ import annotations
 
@@ -39,7 +47,8 @@ from utils.shapes import generate_shapes_dataset
 
 IMG_FORMATS = 'bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm'  # upstream list
 VID_FORMATS = 'asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv'
-CACHE_VERSION = 'sparse-yolov5-labels-1'  # change when verification rules or the cache layout change
+# change when verification rules or the cache layout change; 2: non-finite values, class ids >= nc, label folders
+CACHE_VERSION = 'sparse-yolov5-labels-2'
 GENERATORS: dict[str, Callable[[Path], Path]] = {'shapes': generate_shapes_dataset}  # data yaml `generator:` key
 
 # per-image verification outcome codes (stored in the cache)
@@ -164,7 +173,13 @@ class _BadLabel(ValueError):
 
 
 def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
-    """Parse and check one label file; returns ((n, 5) float32 [cls xc yc w h], duplicates removed)."""
+    """Parse and check one label file; returns ((n, 5) float32 [cls xc yc w h], duplicates removed).
+
+    Raises _BadLabel (or OSError, UnicodeDecodeError, ...) for a file that cannot be used: a row that is not
+    ``cls xc yc w h`` (or a polygon ``cls x1 y1 x2 y2 ...``), a non-finite value (nan, inf, or too large for
+    float32), a class id that is not a whole number in [0, nc) (upper bound only when ``nc`` is given), or a
+    coordinate outside [0, 1].
+    """
     boxes = []
     for line in Path(lb_file).read_text().splitlines():
         parts = line.split()
@@ -174,19 +189,24 @@ def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
             v = [float(x) for x in parts]
         except ValueError:
             raise _BadLabel(f'non-numeric value in line "{line.strip()}"') from None
-        if len(v) == 5:
-            boxes.append(v)
-        elif len(v) >= 7 and len(v) % 2 == 1:  # polygon "cls x1 y1 x2 y2 ..." -> its enclosing box
-            xy = np.array(v[1:], np.float32).reshape(-1, 2)
-            boxes.append([v[0], *segments2boxes([xy])[0]])
-        else:
-            raise _BadLabel(f'{len(v)} columns in line "{line.strip()}", need 5: cls xc yc w h')
+        with np.errstate(over='ignore', invalid='ignore'):  # values beyond float32 become inf: refused below
+            if len(v) == 5:
+                row = np.array(v, np.float32)
+            elif len(v) >= 7 and len(v) % 2 == 1:  # polygon "cls x1 y1 x2 y2 ..." -> its enclosing box
+                xy = np.array(v[1:], np.float32).reshape(-1, 2)
+                row = np.array([v[0], *segments2boxes([xy])[0]], np.float32)
+            else:
+                raise _BadLabel(f'{len(v)} columns in line "{line.strip()}", need 5: cls xc yc w h')
+        if not (np.isfinite(v).all() and np.isfinite(row).all()):
+            raise _BadLabel(f'non-finite value (nan, inf or beyond float32) in line "{line.strip()}"')
+        boxes.append(row)
     lb = np.array(boxes, np.float32).reshape(-1, 5)
     cls = lb[:, 0]
-    if (cls < 0).any() or (cls != np.round(cls)).any():
-        raise _BadLabel('class ids must be whole numbers >= 0')
+    bad = (cls < 0) | (cls != np.round(cls))
+    if bad.any():
+        raise _BadLabel(f'class id {cls[bad][0]:g} is not a whole number >= 0')
     if nc is not None and (cls >= nc).any():
-        raise _BadLabel(f'class id {int(cls.max())} >= nc={nc}')
+        raise _BadLabel(f'class id {int(cls.max())} >= nc={nc} of the data yaml (class ids are 0-{nc - 1})')
     if (lb[:, 1:] < 0).any():
         raise _BadLabel(f'negative coordinates {lb[:, 1:][lb[:, 1:] < 0]}')
     if (lb[:, 1:] > 1).any():
@@ -222,13 +242,16 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None,
                 with Image.open(im_file) as im:
                     im.load()
                 msg = f'{prefix}WARNING ⚠️ {im_file}: JPEG without end marker, decodes fine, kept'
+        elif fmt != 'png':  # verify() checks PNG chunk CRCs but reads no pixels of BMP/TIFF/WebP...: decode once
+            with Image.open(im_file) as im:  # (a truncated BMP passes verify(), then cv2.imread fails in training)
+                im.load()
     except Exception as e:
         return im_file, no_labels, (0, 0), CORRUPT, 0, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {e}'
-    if not os.path.isfile(lb_file):
+    if not os.path.exists(lb_file):  # a folder or other non-file at that path is a corrupt label, read below
         return im_file, no_labels, shape, MISSING, 0, msg
     try:
         lb, ndup = _read_labels(lb_file, nc)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # whatever a file holds, the scan goes on: one bad file is skipped, not fatal
         return im_file, no_labels, shape, CORRUPT, 0, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {e}'
     if ndup:
         msg = f'{prefix}WARNING ⚠️ {lb_file}: {ndup} duplicate labels removed'
@@ -281,7 +304,7 @@ def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, n
     Arrays: ``im_files``, ``status`` (codes), ``shapes`` (n, 2) wh pixels, ``n_labels`` (n,), ``labels``
     (sum n_labels, 5) concatenated, ``msgs``, ``ndup``, ``hash``, ``version``.
     """
-    hash_ = get_hash(label_files + im_files, extra=f'nc={nc}')
+    hash_ = get_hash(label_files + im_files, extra=f'{CACHE_VERSION};nc={nc}')  # a verdict holds for one nc
     cached = _load_cache(cache_path, hash_)
     if cached is not None:
         return cached, True
@@ -380,7 +403,7 @@ class LoadImagesAndLabels(Dataset):
         self.labels = [lb.astype(np.float32) for lb, g in zip(splits, good) if g]
         self.shapes = arrays['shapes'][good].astype(np.int64)  # (n, 2) width, height
         self.label_files = img2label_paths(self.im_files)
-        if single_cls:
+        if single_cls:  # after the check against the data's nc: a class id >= nc stays a corrupt label
             for lb in self.labels:
                 lb[:, 0] = 0
         n = len(self.im_files)
@@ -610,7 +633,8 @@ def create_dataloader(path: str | list, imgsz: int, batch_size: int, stride: int
     """Build (loader, dataset). Val: rect=True, pad=0.5. Training: augment=True, hyp, shuffle=True.
 
     ``imgsz`` pixels, ``stride`` the model's max stride, ``cache`` False|'ram'|'disk', ``rank`` -1 or the
-    DDP rank (adds a DistributedSampler), ``nc`` enables the class-id check of the labels.
+    DDP rank (adds a DistributedSampler), ``nc`` the data yaml's class count: labels with a class id >= nc
+    are corrupt (pass it whenever a data yaml is known, also with single_cls; None skips that one check).
     Workers are persistent (reused over epochs, like upstream's InfiniteDataLoader) except with
     image_weights, whose per-epoch ``indices`` must reach fresh workers.
     """
