@@ -35,7 +35,7 @@ from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
 from utils.comparison import Row, merge, read_csv, write_all
 from utils.dataloaders import check_dataset
-from utils.downloads import DownloadError
+from utils.downloads import DownloadError, attempt_download
 from utils.cli import float_in, int_at_least
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
@@ -83,9 +83,10 @@ def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path
 
 
 def dense_weights(opt: argparse.Namespace, save_dir: Path) -> Path:
-    """--weights, or the shipped embedded-set model, or (if neither exists) a freshly trained yolov5n."""
+    """--weights (an official name missing on disk is downloaded), or the shipped embedded-set model, or (if neither
+    exists) a freshly trained yolov5n."""
     if opt.weights:
-        return Path(opt.weights)
+        return attempt_download(opt.weights)
     if DEFAULT_WEIGHTS.exists():
         return DEFAULT_WEIGHTS
     LOGGER.info(f'{DEFAULT_WEIGHTS} not found: training a dense yolov5n from scratch for {opt.dense_epochs} epochs')
