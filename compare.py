@@ -117,6 +117,9 @@ def run(opt: argparse.Namespace) -> list[Row]:
     if opt.from_csv:
         return merge_tables(opt)
     t0 = time.time()
+    if opt.data is None:  # follow the dense weights, as val.py does (the shipped model: the embedded set)
+        opt.data, why = validate.default_data(validate.resolve_weights(opt.weights or None))
+        LOGGER.info(f'data={opt.data} ({why})')
     data = check_dataset(opt.data)
     save_json = bool(data.get('coco_json')) or 'coco' in str(opt.data)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
@@ -167,7 +170,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Dense vs one-shot pruned vs DNS comparison table')
-    p.add_argument('--data', default=str(ROOT / 'data' / 'shapes.yaml'), help='dataset.yaml path')
+    p.add_argument('--data', default=None, help="dataset.yaml path (default: as val.py, the dense weights' data set)")
     p.add_argument('--weights', default='', help=f'dense weights (default {DEFAULT_WEIGHTS.relative_to(ROOT)}, '
                                                  'trained first if missing)')
     p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=[0.3, 0.5, 0.7], help='sparsities to compare')

@@ -1,6 +1,7 @@
 """Validate a YOLOv5 detector on a data set: upstream v7.0 val.py flags, outputs and numbers, plus pruning.
 
 Usage:
+    python val.py --weights yolov5x.pt --prune 0.3 --half   # --data follows the weights: COCO for official ones
     python val.py --weights yolov5n.pt --data shapes.yaml --img 256             # P, R, mAP50, mAP50-95
     python val.py --weights best.pt --img 256 --prune 0.3 --prune-scope global  # prune, then evaluate
     python val.py --weights best.pt --img 256 --save-json                       # + pycocotools AP / AR@100

@@ -278,6 +278,21 @@ def test_download_error_is_one_line(task, tmp_path, monkeypatch, capsys):
     assert len(errors) == 1 and 'yolov5s.pt not found locally and downloading' in errors[0]
 
 
+def test_dataset_download_error_is_one_line(weights, tmp_path, capsys):
+    """A data yaml whose zip cannot be fetched (offline): today's one line, now naming the failed download."""
+    y = tmp_path / 'remote.yaml'
+    y.write_text(f'path: {tmp_path / "remote"}\ntrain: images/val\nval: images/val\nnames: {NAMES}\n'
+                 'download: http://127.0.0.1:9/remote.zip\n')
+    with pytest.raises(SystemExit) as e:
+        val.main(val.parse_opt(['--weights', str(weights), '--data', str(y), '--project', str(tmp_path)]))
+    out = capsys.readouterr()
+    errors = [x for x in (out.out + out.err).splitlines() if x.startswith('ERROR:')]
+    assert e.value.code == 1 and len(errors) == 1, out
+    assert errors[0].startswith('ERROR: Dataset not found: ') and 'downloading http://127.0.0.1:9/remote.zip failed' \
+        in errors[0]
+    assert not (tmp_path / 'remote').exists() and not (tmp_path / 'exp').exists()
+
+
 def test_compare_download_error_is_one_line(tmp_path, monkeypatch):
     import compare
     monkeypatch.setenv('YOLOV5_ASSETS_URL', 'http://127.0.0.1:9')
