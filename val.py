@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -101,20 +102,27 @@ def _name_list(names: Any) -> list[str]:
     return [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
 
 
-def _recorded_data(ckpt: dict) -> Path | None:
-    """The data yaml a training checkpoint records (``opt['data']``), when that file exists here."""
+def _recorded_data(ckpt: dict, names: list[str]) -> Path | None:
+    """The data yaml a training checkpoint records (``opt['data']``) when it is found here (as recorded, else by
+    file name in data/) and has the model's class names."""
     opt = ckpt.get('opt')
     rec = opt.get('data') if isinstance(opt, dict) else getattr(opt, 'data', None)
     if not isinstance(rec, (str, Path)) or Path(rec).suffix not in ('.yaml', '.yml'):
         return None
-    return next((f for f in (Path(rec), ROOT / 'data' / Path(rec).name) if f.is_file()), None)
+    for f in (Path(rec), ROOT / 'data' / Path(rec).name):
+        try:
+            if f.is_file() and _name_list(yaml_load(f).get('names')) == names:
+                return f
+        except (OSError, AttributeError, yaml.YAMLError):  # unreadable, or not a mapping: not this one
+            continue
+    return None
 
 
 def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str]:
     """The data yaml to evaluate ``weights`` on when --data is not given, and why (for the first log line).
 
     From the first weights file: the data set its checkpoint records (``opt['data']``, written by this project's
-    and upstream's train.py) when that yaml exists here; else data/coco.yaml for a model whose class names are
+    and upstream's train.py) when that yaml exists here with the model's class names; else data/coco.yaml for a model whose class names are
     COCO's 80 (official weights); else the embedded data/shapes.yaml (the shipped model's). Raises ValueError when
     the model's class count differs from that default's (unless ``single_cls``), saying that it is the default.
     Official asset names missing on disk are downloaded first (DownloadError when that fails).
@@ -124,7 +132,8 @@ def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str
     w = Path(weights[0])
     ckpt = load(attempt_download(w))
     model = checkpoint_model(ckpt)
-    nc, names, recorded = model_nc(model), _name_list(getattr(model, 'names', None)), _recorded_data(ckpt)
+    nc, names = model_nc(model), _name_list(getattr(model, 'names', None))
+    recorded = _recorded_data(ckpt, names)
     del ckpt, model
     if recorded:
         file, why = recorded, f'the data set {w.name} was trained on (its checkpoint records it)'
@@ -133,8 +142,8 @@ def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str
     elif names == _name_list(yaml_load(DEFAULT_DATA)['names']):
         file, why = DEFAULT_DATA, f"{w.name} predicts the embedded set's classes"
     else:
-        file, why = DEFAULT_DATA, f"the embedded set: {w.name} records no data set found here and its classes " \
-                                  f"are not COCO's"
+        file, why = DEFAULT_DATA, f"the embedded set: {w.name} records no data set with its classes found here " \
+                                  f"and they are not COCO's"
     data_nc = len(yaml_load(file).get('names') or [])
     if not single_cls and data_nc != nc:
         raise ValueError(f'{w.name} has {nc} classes but the default --data {_rel(file)} has {data_nc} ({why}); '

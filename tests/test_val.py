@@ -233,12 +233,15 @@ def test_default_data_follows_the_weights(weights, upstream_dir, tmp_path, monke
     f = save_ckpt(model, tmp_path / 'trained.pt', opt={'data': str(mine), 'epochs': 3})
     assert val.default_data([str(f)]) == (str(mine), '--data not given: the data set trained.pt was trained on '
                                                      '(its checkpoint records it)')
+    mine.write_text(f'path: {tmp_path}\ntrain: images\nval: images\nnames: [x, y, z]\n')  # not the model's classes
+    assert val.default_data([str(f)])[0] == shapes
     # 80 classes named class0..79 (not COCO's), no data recorded: the default disagrees, and the message says so
     with pytest.raises(ValueError) as e:
         val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')])
     msg = str(e.value)
     assert msg.startswith('yolov5n-v6.2.pt has 80 classes but the default --data data/shapes.yaml has 3 (the embedded '
-                          "set: yolov5n-v6.2.pt records no data set found here and its classes are not COCO's)")
+                          "set: yolov5n-v6.2.pt records no data set with its classes found here and they are not "
+                          "COCO's)")
     assert 'you passed' not in msg and '\n' not in msg
     assert val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')], single_cls=True)[0] == shapes
 
