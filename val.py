@@ -122,10 +122,10 @@ def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str
     """The data yaml to evaluate ``weights`` on when --data is not given, and why (for the first log line).
 
     From the first weights file: the data set its checkpoint records (``opt['data']``, written by this project's
-    and upstream's train.py) when that yaml exists here with the model's class names; else data/coco.yaml for a model whose class names are
-    COCO's 80 (official weights); else the embedded data/shapes.yaml (the shipped model's). Raises ValueError when
-    the model's class count differs from that default's (unless ``single_cls``), saying that it is the default.
-    Official asset names missing on disk are downloaded first (DownloadError when that fails).
+    and upstream's train.py) when that yaml exists here with the model's class names; else data/coco.yaml for a
+    model whose class names are COCO's 80 (official weights); else the embedded data/shapes.yaml (the shipped
+    model's). Raises ValueError when the model's class count differs from that default's (unless ``single_cls``),
+    saying that it is the default. Official asset names missing on disk are downloaded first (DownloadError).
     """
     if not weights:
         return str(DEFAULT_DATA), '--data not given and no weights: the embedded set'

@@ -280,7 +280,8 @@ def test_dataset_offline_one_line(tmp_path):
     with pytest.raises(DownloadError) as e:
         check_dataset(data)
     msg = str(e.value)
-    assert '\n' not in msg and msg.startswith('Dataset not found: ') and 'downloading http://127.0.0.1:9/tiny.zip failed' in msg
+    assert '\n' not in msg and msg.startswith('Dataset not found: ')
+    assert 'downloading http://127.0.0.1:9/tiny.zip failed' in msg
     assert leftovers(tmp_path) == []
     with pytest.raises(FileNotFoundError, match='to get it: http://127.0.0.1:9/tiny.zip'):
         check_dataset(data, autodownload=False)
@@ -302,10 +303,12 @@ def test_download_entry_is_data_never_code(tmp_path):
     assert dataset_zips('bash data/scripts/get_coco.sh', path) is None  # prose / commands: a hint, not a download
     for bad, why in ((['file:///etc/passwd'], 'not an http'), ([{'url': 'http://x/a.zip', 'run': 'x'}], 'not an http'),
                      ('http://x/a.tar.gz', 'only .zip'), ([{'url': 'http://x/a.zip', 'dir': '../..'}], 'is outside'),
-                     ([{'url': 'http://x/a.zip', 'split': 'extra'}], 'not one of'), ({'url': 'http://x/a.zip'}, 'list')):
+                     ([{'url': 'http://x/a.zip', 'split': 'extra'}], 'not one of'),
+                     ({'url': 'http://x/a.zip'}, 'list')):
         with pytest.raises(ValueError, match=why):
             dataset_zips(bad, path)
-    z = dataset_zips([{'url': 'http://x/l.zip'}, {'url': 'https://x/v.zip?dl=1', 'dir': 'images', 'split': 'val'}], path)
+    z = dataset_zips([{'url': 'http://x/l.zip'}, {'url': 'https://x/v.zip?dl=1', 'dir': 'images', 'split': 'val'}],
+                     path)
     assert [(x.name, x.dir, x.split) for x in z] == [('l.zip', tmp_path / 'datasets', None),
                                                       ('v.zip', path / 'images', 'val')]
     assert [x.name for x in needed(z, ('train',))] == ['l.zip']

@@ -147,7 +147,8 @@ def test_cli_missing_weights_one_line_error(tmp_path):
 
 
 def test_nc_mismatch_is_one_line_error(upstream_dir, small):
-    with pytest.raises(ValueError, match=r'yolov5n-v6.2.pt has 80 classes but the --data you passed \(.*data.yaml\) has 3;'):
+    with pytest.raises(ValueError, match=r'yolov5n-v6.2.pt has 80 classes but the --data you passed \(.*data.yaml\) '
+                                         r'has 3;'):
         val.run(data=small, weights=str(upstream_dir / 'yolov5n-v6.2.pt'), imgsz=64, device='cpu')
 
 
