@@ -39,7 +39,7 @@ from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
 from utils.comparison import Row, merge, read_csv, write_all
 from utils.dataloaders import check_dataset
-from utils.downloads import DownloadError
+from utils.downloads import DownloadError, attempt_download
 from utils.cli import float_in, int_at_least
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
@@ -87,9 +87,10 @@ def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path
 
 
 def dense_weights(opt: argparse.Namespace, save_dir: Path) -> Path:
-    """--weights, or the shipped embedded-set model, or (if neither exists) a freshly trained yolov5n."""
+    """--weights (an official name missing on disk is downloaded), or the shipped embedded-set model, or (if neither
+    exists) a freshly trained yolov5n."""
     if opt.weights:
-        return Path(opt.weights)
+        return attempt_download(opt.weights)
     if DEFAULT_WEIGHTS.exists():
         return DEFAULT_WEIGHTS
     LOGGER.info(f'{DEFAULT_WEIGHTS} not found: training a dense yolov5n from scratch for {opt.dense_epochs} epochs')
@@ -206,6 +207,9 @@ def run(opt: argparse.Namespace) -> list[Row]:
     if opt.from_csv:
         return merge_tables(opt)
     t0 = time.time()
+    if opt.data is None:  # follow the dense weights, as val.py does (the shipped model: the embedded set)
+        opt.data, why = validate.default_data(validate.resolve_weights(opt.weights or None))
+        LOGGER.info(f'data={opt.data} ({why})')
     data = check_dataset(opt.data)
     save_json = bool(data.get('coco_json')) or 'coco' in str(opt.data)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
@@ -268,7 +272,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description='Dense vs one-shot pruned vs DNS comparison table')
-    p.add_argument('--data', default=str(ROOT / 'data' / 'shapes.yaml'), help='dataset.yaml path')
+    p.add_argument('--data', default=None, help="dataset.yaml path (default: as val.py, the dense weights' data set)")
     p.add_argument('--weights', default='', help=f'dense weights (default {DEFAULT_WEIGHTS.relative_to(ROOT)}, '
                                                  'trained first if missing)')
     p.add_argument('--amounts', nargs='+', type=float_in(0, 1, lo_open=True, hi_open=True), default=None,

@@ -316,7 +316,7 @@ def load_hyp(hyp: dict | str | Path) -> dict:
 def check_data(data: str | dict) -> dict:
     """check_dataset with its errors turned into one-line TrainingErrors."""
     try:
-        return check_dataset(data)
+        return check_dataset(data, splits=('train', 'val'))  # downloads both when the yaml lists archives
     except (ValueError, FileNotFoundError) as e:
         raise TrainingError(str(e)) from None
 

@@ -1,6 +1,7 @@
 """Validate a YOLOv5 detector on a data set: upstream v7.0 val.py flags, outputs and numbers, plus pruning.
 
 Usage:
+    python val.py --weights yolov5x.pt --prune 0.3 --half   # --data follows the weights: COCO for official ones
     python val.py --weights yolov5n.pt --data shapes.yaml --img 256             # P, R, mAP50, mAP50-95
     python val.py --weights best.pt --img 256 --prune 0.3 --prune-scope global  # prune, then evaluate
     python val.py --weights best.pt --img 256 --prune 0.3 --prune-granularity channel  # 30 % fewer channels
@@ -38,24 +39,27 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
-from models.experimental import Ensemble, attempt_load, prepare_model
+from models.experimental import Ensemble, attempt_load, checkpoint_model, prepare_model
 from models.yolo import DetectionModel
-from utils.checkpoint import CheckpointError
-from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, image_id, is_coco_dataset,
-                             predictions_to_coco)
+from utils.checkpoint import CheckpointError, load
+from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, coco_names, image_id,
+                             is_coco_dataset, predictions_to_coco)
 from utils.dataloaders import check_dataset, create_dataloader
 from utils.cli import add_prune_args, fraction, int_at_least
+from utils.downloads import DownloadError, attempt_download
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
-                           set_logging, xywh2xyxy, xyxy2xywh)
+                           set_logging, xywh2xyxy, xyxy2xywh, yaml_load)
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.plots import output_to_target, plot_images
 from utils.sparsity import SCOPES, SparsityReport, sweep_amounts
 from utils.torch_utils import DeviceError, de_parallel, select_device, time_sync
 
-DEFAULT_DATA = ROOT / 'data' / 'shapes.yaml'
+DEFAULT_DATA = ROOT / 'data' / 'shapes.yaml'  # the embedded set: the shipped model's
+COCO_DATA = ROOT / 'data' / 'coco.yaml'  # for official weights (COCO's 80 class names)
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'  # shipped trained model (when present)
 DEFAULT_CFG = 'yolov5n.yaml'  # random-init fallback when no weights are given or shipped
 TASKS = ('train', 'val', 'test', 'speed', 'study', 'sparsity')
@@ -73,10 +77,13 @@ def _rel(p: Path) -> str:
 
 
 def resolve_weights(weights: str | Path | list | tuple | None) -> list[str]:
-    """Weights files to load: as given, else the shipped DEFAULT_WEIGHTS, else [] (random-init yolov5n)."""
+    """Weights files to load: as given, else the shipped DEFAULT_WEIGHTS, else [] (random-init yolov5n).
+
+    Official asset names missing on disk are downloaded here (DownloadError when that fails), before any data set.
+    """
     if isinstance(weights, (str, Path)):
         weights = [weights]
-    weights = [str(w) for w in (weights or []) if str(w)]
+    weights = [str(attempt_download(w)) for w in (weights or []) if str(w)]
     if not weights and DEFAULT_WEIGHTS.is_file():
         weights = [str(DEFAULT_WEIGHTS)]
     return weights
@@ -90,10 +97,74 @@ def model_nc(model: nn.Module) -> int:
     return int(getattr(head, 'nc', None) or getattr(m, 'nc', None) or m.yaml['nc'])
 
 
-def load_unfused(weights: list[str], data: dict, single_cls: bool = False) -> nn.Module:
+def _name_list(names: Any) -> list[str]:
+    """Class names of a model or data yaml (list or {index: name}) as a list in index order."""
+    names = names or []
+    return [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+
+
+def _recorded_data(ckpt: dict, names: list[str]) -> Path | None:
+    """The data yaml a training checkpoint records (``opt['data']``) when it is found here (as recorded, else by
+    file name in data/) and has the model's class names."""
+    opt = ckpt.get('opt')
+    rec = opt.get('data') if isinstance(opt, dict) else getattr(opt, 'data', None)
+    if not isinstance(rec, (str, Path)) or Path(rec).suffix not in ('.yaml', '.yml'):
+        return None
+    for f in (Path(rec), ROOT / 'data' / Path(rec).name):
+        try:
+            if f.is_file() and _name_list(yaml_load(f).get('names')) == names:
+                return f
+        except (OSError, AttributeError, yaml.YAMLError):  # unreadable, or not a mapping: not this one
+            continue
+    return None
+
+
+def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str]:
+    """The data yaml to evaluate ``weights`` on when --data is not given, and why (for the first log line).
+
+    From the first weights file: the data set its checkpoint records (``opt['data']``, written by this project's
+    and upstream's train.py) when that yaml exists here with the model's class names; else data/coco.yaml for a
+    model whose class names are COCO's 80 (official weights); else the embedded data/shapes.yaml (the shipped
+    model's). Raises ValueError when the model's class count differs from that default's (unless ``single_cls``),
+    saying that it is the default. Official asset names missing on disk are downloaded first (DownloadError).
+    """
+    if not weights:
+        return str(DEFAULT_DATA), '--data not given and no weights: the embedded set'
+    w = Path(weights[0])
+    ckpt = load(attempt_download(w))
+    model = checkpoint_model(ckpt)
+    nc, names = model_nc(model), _name_list(getattr(model, 'names', None))
+    recorded = _recorded_data(ckpt, names)
+    del ckpt, model
+    if recorded:
+        file, why = recorded, f'the data set {w.name} was trained on (its checkpoint records it)'
+    elif names == coco_names():
+        file, why = COCO_DATA, f"{w.name} predicts COCO's 80 classes"
+    elif names == _name_list(yaml_load(DEFAULT_DATA)['names']):
+        file, why = DEFAULT_DATA, f"{w.name} predicts the embedded set's classes"
+    else:
+        file, why = DEFAULT_DATA, f"the embedded set: {w.name} records no data set with its classes found here " \
+                                  f"and they are not COCO's"
+    data_nc = len(yaml_load(file).get('names') or [])
+    if not single_cls and data_nc != nc:
+        raise ValueError(f'{w.name} has {nc} classes but the default --data {_rel(file)} has {data_nc} ({why}); '
+                         f'pass --data with the data set {w.name} was trained on')
+    return str(file), f'--data not given: {why}'
+
+
+def data_or_default(data: str | Path | dict | None, weights: list[str], single_cls: bool = False) -> str | Path | dict:
+    """``data`` as given, or default_data() for the weights, logged with the reason."""
+    if data is None:
+        data, why = default_data(weights, single_cls)
+        LOGGER.info(f'data={data} ({why})')
+    return data
+
+
+def load_unfused(weights: list[str], data: dict, single_cls: bool = False, src: str = '') -> nn.Module:
     """FP32 CPU eval-mode model from weights files (an Ensemble for several), or a random-init yolov5n for [].
 
-    Raises ValueError when the model's class count differs from the data's (unless single_cls).
+    Raises ValueError when the model's class count differs from the data's (unless single_cls); ``src`` names
+    the data yaml in that message.
     """
     nc = int(data['nc'])
     if weights:
@@ -105,8 +176,8 @@ def load_unfused(weights: list[str], data: dict, single_cls: bool = False) -> nn
         model.names = dict(data['names'])
     ncm = model_nc(model)
     if not single_cls and ncm != nc:
-        raise ValueError(f"{' '.join(weights)} ({ncm} classes) trained on different --data than what you passed "
-                         f'({nc} classes). Pass correct combination of --weights and --data that are trained together.')
+        raise ValueError(f"{' '.join(weights)} has {ncm} classes but the --data you passed{f' ({src})' if src else ''} "
+                         f'has {nc}; pass --weights and --data that were trained together')
     return model
 
 
@@ -136,7 +207,7 @@ def _names(model: nn.Module, nc: int) -> dict[int, str]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def run(data: str | Path | dict = DEFAULT_DATA,
+def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from the weights (default_data)
         weights: str | list | None = None,  # model.pt path(s); several = Ensemble
         batch_size: int = 32,
         imgsz: int = 640,  # inference size (pixels)
@@ -180,6 +251,8 @@ def run(data: str | Path | dict = DEFAULT_DATA,
             data = check_dataset(data)
         save_dir = Path(save_dir)
     else:
+        weights = resolve_weights(weights)
+        data = data_or_default(data, weights, single_cls)
         data_src = str(data) if isinstance(data, (str, Path)) else str(data.get('path', 'data dict'))
         device = select_device(device, batch_size=batch_size)
         if half and device.type != 'cuda':
@@ -187,16 +260,15 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         half &= device.type == 'cuda'
         if dnn:
             LOGGER.info('--dnn (ONNX through OpenCV DNN) is not supported, evaluating the PyTorch model')
-        data = check_dataset(data)
-        weights = resolve_weights(weights)
-        model, report = prepare_model(load_unfused(weights, data, single_cls), device, half, prune, prune_scope,
-                                      prune_granularity, prune_importance, prune_round)
+        split = task if task in ('train', 'val', 'test') else 'val'
+        data = check_dataset(data, splits=(split,))
+        model, report = prepare_model(load_unfused(weights, data, single_cls, data_src), device, half, prune,
+                                      prune_scope, prune_granularity, prune_importance, prune_round)
         stride = max(int(model.stride.max()), 32)
         imgsz = check_img_size(imgsz, s=stride)
         if device.type == 'cuda':  # warm-up
             model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))
         pad, rect = (0.0, False) if task == 'speed' else (0.5, True)
-        split = task if task in ('train', 'val', 'test') else 'val'
         if not data.get(split):
             raise FileNotFoundError(f"the data yaml has no '{split}:' images to evaluate")
         dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
@@ -367,7 +439,7 @@ def metrics_summary(weights: list[str], data: str, task: str, imgsz: int, batch:
 
 
 # ------------------------------------------------------------------------------------------------ sparsity sweep
-def sparsity_sweep(data: str | Path | dict = DEFAULT_DATA, weights: list | str | None = None, batch_size: int = 32,
+def sparsity_sweep(data: str | Path | dict | None = None, weights: list | str | None = None, batch_size: int = 32,
                    imgsz: int = 640, conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300,
                    device: str = '', workers: int = 8, single_cls: bool = False, half: bool = False,
                    project: str | Path = ROOT / 'runs' / 'val', name: str = 'exp', exist_ok: bool = False,
@@ -382,10 +454,12 @@ def sparsity_sweep(data: str | Path | dict = DEFAULT_DATA, weights: list | str |
     if half and device.type != 'cuda':
         LOGGER.info('--half is only supported on CUDA, using FP32')
     half &= device.type == 'cuda'
+    wlist = resolve_weights(weights)
+    data = data_or_default(data, wlist, single_cls)
+    src = str(data) if isinstance(data, (str, Path)) else ''
     data = check_dataset(data)
     amounts = [float(a) for a in (sweep_amounts() if amounts is None else amounts)]
-    wlist = resolve_weights(weights)
-    bases = [(Path(w).stem, load_unfused([w], data, single_cls)) for w in wlist] or \
+    bases = [(Path(w).stem, load_unfused([w], data, single_cls, src)) for w in wlist] or \
             [(f'{Path(DEFAULT_CFG).stem}-random', load_unfused([], data, single_cls))]
     stride = max(max(int(b.stride.max()) for _, b in bases), 32)
     imgsz = check_img_size(imgsz, s=stride)
@@ -453,7 +527,9 @@ def write_sweep(rows: list[dict], save_dir: Path) -> None:
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (upstream v7.0 val.py flags plus --prune / --prune-scope)."""
     parser = argparse.ArgumentParser(description='Validate a YOLOv5 model (optionally pruned) on a data set')
-    parser.add_argument('--data', type=str, default=str(DEFAULT_DATA), help='dataset.yaml path')
+    parser.add_argument('--data', type=str, default=None,
+                        help="dataset.yaml path (default: the one the weights were trained on if recorded and found, "
+                             f"{_rel(COCO_DATA)} for COCO-class weights, else {_rel(DEFAULT_DATA)})")
     parser.add_argument('--weights', nargs='+', type=str, default=None,
                         help=f'model path(s), several = ensemble (default {_rel(DEFAULT_WEIGHTS)} if '
                              f'present, else a random-init {Path(DEFAULT_CFG).stem})')
@@ -479,16 +555,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (not supported)')
     add_prune_args(parser)
     opt = parser.parse_args(argv)
-    opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid
     return opt
 
 
 def main(opt: argparse.Namespace) -> Any:
-    """Run the task; user errors end with one 'ERROR: ...' line and exit status 1."""
+    """Run the task; user errors end with one 'ERROR: ...' line and exit status 1.
+
+    Without --data the data set follows the weights (default_data); the first log line says which and why.
+    """
     set_logging()
-    LOGGER.info(colorstr('val: ') + ', '.join(f'{k}={v}' for k, v in vars(opt).items()))
     try:
+        why = ''
+        if opt.data is None:
+            opt.data, why = default_data(resolve_weights(opt.weights), opt.single_cls)
+        opt.save_json |= opt.data.endswith('coco.yaml')  # as upstream: pycocotools for COCO
+        LOGGER.info(colorstr('val: ') + ', '.join(f'{k}={v}' + (f' ({why})' if k == 'data' and why else '')
+                                                  for k, v in vars(opt).items()))
         if opt.task in ('train', 'val', 'test'):
             if opt.conf_thres > 0.001:
                 LOGGER.info(f'WARNING ⚠️ confidence threshold {opt.conf_thres} > 0.001 produces invalid results')
@@ -518,7 +601,7 @@ def main(opt: argparse.Namespace) -> Any:
             np.savetxt(f, y, fmt='%10.4g')  # columns: P R mAP50 mAP50-95 3 losses, 3 times (ms)
         LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
         return save_dir
-    except (CheckpointError, DeviceError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, DeviceError, DownloadError, FileNotFoundError, ValueError) as e:
         LOGGER.error(f'ERROR: {e}')
         raise SystemExit(1) from None
 

@@ -15,6 +15,7 @@ from utils import dataloaders as dl
 from utils.dataloaders import (CORRUPT, EMPTY, MISSING, OK, LoadImages, LoadImagesAndLabels, LoadStreams,
                                check_dataset, create_dataloader, img2label_paths, labels_to_class_weights,
                                labels_to_image_weights, scan_labels)
+from utils.downloads import dataset_zips, needed
 from utils.general import LOGGER, ROOT, yaml_load
 from utils.shapes import boxes_to_yolo, draw_sample, generate_shapes_dataset
 
@@ -339,10 +340,14 @@ def test_repo_data_yamls():
     for name in ('coco.yaml', 'coco128.yaml'):
         y = yaml_load(ROOT / 'data' / name)
         assert len(y['names']) == 80 and y['names'][0] == 'person' and y['names'][79] == 'toothbrush'
+        zips = dataset_zips(y['download'], ROOT / y['path'])  # data, not code
+        assert zips and all(z.url.startswith('http') and z.name.endswith('.zip') for z in zips)
         if not (ROOT / y['path']).exists():
             with pytest.raises(FileNotFoundError) as e:
-                check_dataset(name)
-            assert '\n' not in str(e.value) and 'never' not in str(e.value) and 'http' in str(e.value)
+                check_dataset(name, autodownload=False)  # tests download nothing
+            assert '\n' not in str(e.value) and 'to get it: http' in str(e.value)
+    coco = dataset_zips(yaml_load(ROOT / 'data' / 'coco.yaml')['download'], ROOT / 'datasets' / 'coco')
+    assert [z.name for z in needed(coco, ('val',))] == ['coco2017labels.zip', 'val2017.zip']  # val.py: 1 GB, not 27
 
 
 # ---------------------------------------------------------------- detect.py sources

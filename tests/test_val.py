@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def test_cli_missing_weights_one_line_error(tmp_path):
 
 
 def test_nc_mismatch_is_one_line_error(upstream_dir, small):
-    with pytest.raises(ValueError, match=r'\(80 classes\) trained on different --data than what you passed \(3'):
+    with pytest.raises(ValueError, match=r'yolov5n-v6.2.pt has 80 classes but the --data you passed \(.*data.yaml\) '
+                                         r'has 3;'):
         val.run(data=small, weights=str(upstream_dir / 'yolov5n-v6.2.pt'), imgsz=64, device='cpu')
 
 
@@ -208,3 +210,188 @@ def test_random_init_fallback(small, tmp_path, monkeypatch):
     assert 0 <= map50 < 0.05 and maps.shape == (3,)
     m = json.loads((tmp_path / 'exp' / 'metrics.json').read_text())
     assert m['weights'] == ['random-init yolov5n.yaml']
+
+
+# ------------------------------------------------------------------------------------------------ default --data
+def save_ckpt(model, file: Path, opt: dict | None = None) -> Path:
+    from utils.checkpoint import make_checkpoint, save
+    save(make_checkpoint(model, opt=opt), file)
+    return file
+
+
+def test_default_data_follows_the_weights(weights, upstream_dir, tmp_path, monkeypatch):
+    from models.experimental import attempt_load
+    assert val.parse_opt([]).data is None  # resolved in main(), after the weights are known
+    monkeypatch.setattr(val, 'DEFAULT_WEIGHTS', tmp_path / 'missing.pt')
+    shapes = str(ROOT / 'data' / 'shapes.yaml')
+    assert val.default_data([]) == (shapes, '--data not given and no weights: the embedded set')
+    # the fixture records data/shapes3.yaml, which is not here: its class names pick the embedded set
+    assert val.default_data([str(weights)]) == (shapes, "--data not given: yolov5n-v7.0.pt predicts the embedded "
+                                                        "set's classes")
+    mine = tmp_path / 'mine.yaml'
+    mine.write_text(f'path: {tmp_path}\ntrain: images\nval: images\nnames: {NAMES}\n')
+    model = attempt_load(weights, fuse=False)
+    f = save_ckpt(model, tmp_path / 'trained.pt', opt={'data': str(mine), 'epochs': 3})
+    assert val.default_data([str(f)]) == (str(mine), '--data not given: the data set trained.pt was trained on '
+                                                     '(its checkpoint records it)')
+    mine.write_text(f'path: {tmp_path}\ntrain: images\nval: images\nnames: [x, y, z]\n')  # not the model's classes
+    assert val.default_data([str(f)])[0] == shapes
+    # 80 classes named class0..79 (not COCO's), no data recorded: the default disagrees, and the message says so
+    with pytest.raises(ValueError) as e:
+        val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')])
+    msg = str(e.value)
+    assert msg.startswith('yolov5n-v6.2.pt has 80 classes but the default --data data/shapes.yaml has 3 (the embedded '
+                          "set: yolov5n-v6.2.pt records no data set with its classes found here and they are not "
+                          "COCO's)")
+    assert 'you passed' not in msg and '\n' not in msg
+    assert val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')], single_cls=True)[0] == shapes
+
+
+def test_cli_default_data_mismatch_one_line(upstream_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        val.main(val.parse_opt(['--weights', str(upstream_dir / 'yolov5n-v6.2.pt')]))
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    errors = [x for x in (out.out + out.err).splitlines() if x.startswith('ERROR:')]
+    assert len(errors) == 1 and 'the default --data data/shapes.yaml has 3' in errors[0], out
+
+
+@pytest.mark.slow
+def test_mission_command_offline_one_error_line(tmp_path):
+    """`python val.py --weights yolov5x.pt --prune 0.3 --half` on a fresh clone without network: one ERROR line."""
+    env = {**os.environ, 'YOLOV5_ASSETS_URL': 'http://127.0.0.1:9'}  # nothing listens on port 9: offline
+    p = subprocess.run([sys.executable, str(ROOT / 'val.py'), '--weights', 'yolov5x.pt', '--prune', '0.3', '--half'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = (p.stdout + p.stderr).splitlines()
+    errors = [x for x in out if x.startswith('ERROR:')]
+    assert p.returncode == 1 and len(errors) == 1 and 'Traceback' not in p.stderr, out
+    assert errors[0].startswith('ERROR: yolov5x.pt not found locally and downloading http://127.0.0.1:9/yolov5x.pt '
+                                'failed') and 'releases/tag/v7.0' in errors[0]
+    assert sorted(x.name for x in tmp_path.iterdir()) == []  # no .part, no runs folder
+
+
+@pytest.mark.parametrize('task', ['val', 'sparsity'])
+def test_download_error_is_one_line(task, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('YOLOV5_ASSETS_URL', 'http://127.0.0.1:9')
+    with pytest.raises(SystemExit) as e:
+        val.main(val.parse_opt(['--weights', str(tmp_path / 'yolov5s.pt'), '--data', 'shapes.yaml', '--task', task,
+                                '--project', str(tmp_path)]))
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    errors = [x for x in (out.out + out.err).splitlines() if x.startswith('ERROR:')]
+    assert len(errors) == 1 and 'yolov5s.pt not found locally and downloading' in errors[0]
+
+
+def test_dataset_download_error_is_one_line(weights, tmp_path, capsys):
+    """A data yaml whose zip cannot be fetched (offline): today's one line, now naming the failed download."""
+    y = tmp_path / 'remote.yaml'
+    y.write_text(f'path: {tmp_path / "remote"}\ntrain: images/val\nval: images/val\nnames: {NAMES}\n'
+                 'download: http://127.0.0.1:9/remote.zip\n')
+    with pytest.raises(SystemExit) as e:
+        val.main(val.parse_opt(['--weights', str(weights), '--data', str(y), '--project', str(tmp_path)]))
+    out = capsys.readouterr()
+    errors = [x for x in (out.out + out.err).splitlines() if x.startswith('ERROR:')]
+    assert e.value.code == 1 and len(errors) == 1, out
+    assert errors[0].startswith('ERROR: Dataset not found: ') and 'downloading http://127.0.0.1:9/remote.zip failed' \
+        in errors[0]
+    assert not (tmp_path / 'remote').exists() and not (tmp_path / 'exp').exists()
+
+
+def test_compare_download_error_is_one_line(tmp_path, monkeypatch):
+    import compare
+    monkeypatch.setenv('YOLOV5_ASSETS_URL', 'http://127.0.0.1:9')
+    with pytest.raises(SystemExit) as e:
+        compare.main(compare.parse_opt(['--weights', str(tmp_path / 'yolov5x.pt'), '--project', str(tmp_path)]))
+    assert str(e.value).startswith('ERROR: yolov5x.pt not found locally and downloading') and '\n' not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ COCO-format set
+COCO_AS = {0: 32, 1: 62, 2: 33}  # the shapes fixture's classes as COCO class indices: sports ball, tv, kite
+
+
+def coco_named_model(weights: Path, file: Path) -> Path:
+    """An official-style 80-class checkpoint (COCO's names, no training opt) that really detects: yolov5n from
+    models/yolov5n.yaml carrying the trained shapes fixture's weights, its 3 class outputs moved to the COCO
+    indices COCO_AS and the other 77 switched off (tiny random weights, bias -12: scores ~6e-6, under any threshold;
+    not zeros, which would make the head look 90 % pruned already)."""
+    from models.experimental import attempt_load
+    from models.yolo import DetectionModel
+    from utils.coco_eval import coco_names
+    from utils.general import intersect_dicts
+
+    src = attempt_load(weights, fuse=False)
+    model = DetectionModel('yolov5n.yaml', nc=80)
+    model.load_state_dict(intersect_dicts(src.state_dict(), model.state_dict()), strict=False)
+    model.model[-1].anchors.copy_(src.model[-1].anchors)  # the fixture's autoanchor result
+    na, gen = model.model[-1].na, torch.Generator().manual_seed(0)
+    for new, old in zip(model.model[-1].m, src.model[-1].m):
+        w, b = new.weight.data.view(na, 85, -1), new.bias.data.view(na, 85)
+        ow, ob = old.weight.data.view(na, 8, -1), old.bias.data.view(na, 8)
+        w[:, 5:], b[:, 5:] = torch.randn(w[:, 5:].shape, generator=gen) * 1e-3, -12
+        w[:, :5], b[:, :5] = ow[:, :5], ob[:, :5]
+        for c, k in COCO_AS.items():
+            w[:, 5 + k], b[:, 5 + k] = ow[:, 5 + c], ob[:, 5 + c]
+    model.names = dict(enumerate(coco_names()))
+    return save_ckpt(model.eval(), file)
+
+
+def fake_coco(root: Path, n: int) -> Path:
+    """COCO's layout with n embedded-set val images renamed to COCO ids: images/val2017/000000000001.jpg ...,
+    labels/val2017/*.txt (classes as COCO_AS), val2017.txt (``./images/...`` lines), annotations/
+    instances_val2017.json (91-scheme category ids) and a coco.yaml (data/coco.yaml with 'path' here)."""
+    from utils.coco_eval import coco80_to_coco91_class, coco_names
+    shapes = check_dataset(ROOT / 'data' / 'shapes.yaml')
+    src, ids91 = Path(shapes['path']), coco80_to_coco91_class()
+    for sub in ('images', 'labels'):
+        (root / sub / 'val2017').mkdir(parents=True)
+    images, annotations, lines = [], [], []
+    for i, im in enumerate(sorted((src / 'images' / 'val').glob('*.jpg'))[:n], start=1):
+        stem = f'{i:012d}'
+        shutil.copy(im, root / 'images' / 'val2017' / f'{stem}.jpg')
+        h, w = 256, 256
+        rows = np.loadtxt(src / 'labels' / 'val' / f'{im.stem}.txt', ndmin=2)
+        rows[:, 0] = [COCO_AS[int(c)] for c in rows[:, 0]]
+        np.savetxt(root / 'labels' / 'val2017' / f'{stem}.txt', rows, fmt='%g')
+        images.append({'id': i, 'file_name': f'{stem}.jpg', 'width': w, 'height': h})
+        for c, xc, yc, bw, bh in rows:
+            box = [(xc - bw / 2) * w, (yc - bh / 2) * h, bw * w, bh * h]
+            annotations.append({'id': len(annotations) + 1, 'image_id': i, 'category_id': ids91[int(c)], 'bbox': box,
+                                'area': box[2] * box[3], 'iscrowd': 0})
+        lines.append(f'./images/val2017/{stem}.jpg')
+    (root / 'val2017.txt').write_text('\n'.join(lines) + '\n')
+    (root / 'annotations').mkdir()
+    cats = [{'id': k, 'name': name} for k, name in zip(ids91, coco_names())]
+    (root / 'annotations' / 'instances_val2017.json').write_text(
+        json.dumps({'images': images, 'annotations': annotations, 'categories': cats}))
+    y = (ROOT / 'data' / 'coco.yaml').read_text().replace('path: datasets/coco', f'path: {root}')
+    (root / 'coco.yaml').write_text(y)
+    return root / 'coco.yaml'
+
+
+@pytest.mark.slow
+def test_mission_command_on_coco_format_set(weights, tmp_path, monkeypatch, capsys):
+    """`val.py --weights yolov5x.pt --prune 0.3 --half` with an 80-class COCO-named checkpoint on disk and COCO data
+    present: data/coco.yaml is chosen, P/R/mAP, pycocotools' AP/AR block and the sparsity line are printed."""
+    monkeypatch.setattr(val, 'COCO_DATA', fake_coco(tmp_path / 'coco', 8))
+    monkeypatch.chdir(tmp_path)
+    coco_named_model(weights, tmp_path / 'yolov5x.pt')
+    set_logging()
+    val.main(val.parse_opt(['--weights', 'yolov5x.pt', '--prune', '0.3', '--half', '--img', '256', '--workers', '0',
+                            '--project', str(tmp_path / 'runs')]))
+    cap = capsys.readouterr()
+    out = cap.err + cap.out  # the log (stderr), then pycocotools' prints (stdout)
+    first = out.splitlines()[0]
+    assert f"data={tmp_path / 'coco' / 'coco.yaml'} (--data not given: yolov5x.pt predicts COCO's 80 classes)" \
+           in first and 'save_json=True' in first
+    assert 'sparsity 30.0% of prunable weights' in out and '--half is only supported on CUDA, using FP32' in out
+    assert any(x.split()[:3] == ['all', '8', str(sum(len(np.loadtxt(f, ndmin=2)) for f in (tmp_path / 'coco' / 'labels'
+               / 'val2017').glob('*.txt')))] for x in out.splitlines())  # the P R mAP50 mAP50-95 row
+    assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in out
+    assert 'Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in out
+    m = json.loads((tmp_path / 'runs' / 'exp' / 'metrics.json').read_text())
+    assert m['images'] == 8 and m['sparsity'] == pytest.approx(0.3, abs=1e-3)
+    assert set(m['classes']) <= {'sports ball', 'tv', 'kite'}
+    # a real detector on real labels: both AP implementations see the same matches through the 80 -> 91 ids
+    assert m['mAP50'] > 0.3 and abs(m['coco_AP50'] - m['mAP50']) < 0.03 and abs(m['coco_AP'] - m['mAP50-95']) < 0.03
+    preds = json.loads((tmp_path / 'runs' / 'exp' / 'yolov5x_predictions.json').read_text())
+    assert {p['category_id'] for p in preds} <= {37, 72, 38}  # sports ball, tv, kite in COCO's 91 ids

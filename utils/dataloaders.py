@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, letterbox, mixup, random_perspective
+from utils.downloads import MARKERS, DownloadError, dataset_zips, download_dataset, installed, needed
 from utils.general import LOGGER, ROOT, segments2boxes, xywhn2xyxy, xyxy2xywhn, yaml_load
 from utils.shapes import generate_shapes_dataset
 
@@ -75,15 +76,18 @@ def _resolve(path: Path, x: str) -> str:
     return str(p)
 
 
-def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
+def check_dataset(data: str | Path | dict, autogenerate: bool = True, autodownload: bool = True,
+                  splits: tuple[str, ...] = ('val',)) -> dict:
     """Read and check a data yaml (or dict); return it with absolute paths and ``names`` as {index: name}.
 
     Paths: ``path`` (the data set root) is used as is when absolute, otherwise relative to the repo root
     (upstream's rule; this repo's yamls use ``datasets/<name>``, a gitignored folder in the repo).
     ``train``/``val``/``test`` (a folder, a *.txt list or a list of those) are relative to ``path``.
     ``nc`` is optional and must equal the number of names. A set marked ``generator: <name>`` (see
-    GENERATORS) is generated offline when its files are missing; otherwise a missing ``val`` raises
-    FileNotFoundError with the yaml's ``download`` text as a hint (never executed).
+    GENERATORS) is generated offline when its files are missing. A set whose ``splits`` are missing (or that a
+    download left incomplete) is downloaded when its ``download:`` lists zip archives (utils.downloads: data,
+    never executed; ``autodownload=False`` skips it); otherwise FileNotFoundError with the ``download`` text as
+    a hint (never executed). A failed download raises DownloadError (one line).
     """
     src = str(data) if isinstance(data, (str, Path)) else 'data dict'
     if isinstance(data, (str, Path)):
@@ -137,10 +141,32 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
             t = time.time()
             GENERATORS[generator](path)
             LOGGER.info(f'Done ({time.time() - t:.1f}s)')
-    lost = missing(('val',))
+    lost = missing(splits)
+    dl = data.get('download')
+    zips = dataset_zips(dl, path) if dl and (lost or (path / MARKERS).is_dir()) else None  # None: not a download
+    if zips is not None:
+        zips = needed(zips, splits)
+        done = installed(zips, path)  # None: no download recorded (e.g. a set made by hand), judged by its files
+        if (lost and not done) or done is False:
+            what = f"not found: {', '.join(lost)} does not exist" if lost else \
+                f'incomplete (a download into {path} did not finish)'
+            if not autodownload:
+                raise FileNotFoundError(f"Dataset {what}; to get it: {', '.join(z.url for z in zips)}")
+            LOGGER.info(f'Dataset {what}; downloading the {len(zips)} archive(s) listed in {src}...')
+            try:
+                download_dataset(zips, path)
+            except DownloadError as e:
+                raise DownloadError(f"Dataset {what}, and {e} (the 'download:' of {src} lists what to fetch by hand)") \
+                    from None
+            lost = missing(splits)
     if lost:
-        dl = data.get('download')
-        if isinstance(dl, str) and dl.strip() and '\n' not in dl.strip():
+        if zips:  # every archive is installed, yet the files are not there
+            raise FileNotFoundError(f"Dataset not found: {', '.join(lost)} does not exist although "
+                                    f"{', '.join(z.name for z in zips)} are recorded as installed in {path / MARKERS} "
+                                    '(delete that folder to download them again)')
+        if zips is not None:
+            hint = f"; the 'download:' of {src} lists no archive for {'/'.join(splits)}"
+        elif isinstance(dl, str) and dl.strip() and '\n' not in dl.strip():
             hint = f'; to get it: {dl.strip()}'
         elif dl:
             hint = f"; its 'download' script is not run by this project, get the data manually (see {src})"
