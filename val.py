@@ -6,6 +6,7 @@ Usage:
     python val.py --weights best.pt --img 256 --save-json                       # + pycocotools AP / AR@100
     python val.py --weights best.pt --img 256 --task sparsity                   # sensitivity sweep (issue 4)
     python val.py --weights a.pt b.pt --task speed --batch 1                    # speed per model
+    python val.py --weights best.onnx --img 256 [--dnn]                         # export.py's ONNX file
 
 Outputs in runs/val/exp*/ (``--project``/``--name``): confusion_matrix.png, {PR,F1,P,R}_curve.png,
 val_batch{0,1,2}_{labels,pred}.jpg, labels/*.txt (--save-txt: ``cls xc yc w h [conf]`` normalized),
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.backend import fixed_input, is_onnx, load_onnx
 from models.experimental import Ensemble, attempt_load, prepare_model
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError
@@ -89,13 +91,17 @@ def model_nc(model: nn.Module) -> int:
     return int(getattr(head, 'nc', None) or getattr(m, 'nc', None) or m.yaml['nc'])
 
 
-def load_unfused(weights: list[str], data: dict, single_cls: bool = False) -> nn.Module:
+def load_unfused(weights: list[str], data: dict, single_cls: bool = False, device: torch.device | str = 'cpu',
+                 dnn: bool = False) -> nn.Module:
     """FP32 CPU eval-mode model from weights files (an Ensemble for several), or a random-init yolov5n for [].
 
+    One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime on ``device``, or OpenCV DNN if ``dnn``).
     Raises ValueError when the model's class count differs from the data's (unless single_cls).
     """
     nc = int(data['nc'])
-    if weights:
+    if any(is_onnx(w) for w in weights):
+        model = load_onnx(weights, device, dnn)
+    elif weights:
         model = attempt_load(weights if len(weights) > 1 else weights[0], device='cpu', fuse=False)
     else:
         LOGGER.warning(f'WARNING ⚠️ no trained weights found ({_rel(DEFAULT_WEIGHTS)} missing, no '
@@ -156,7 +162,7 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         name: str = 'exp',
         exist_ok: bool = False,
         half: bool = True,  # FP16 on CUDA
-        dnn: bool = False,  # accepted for CLI compatibility: ONNX via OpenCV DNN is not supported
+        dnn: bool = False,  # run .onnx weights with OpenCV DNN instead of ONNX Runtime
         model: nn.Module | None = None,  # live model (train.py): no loading, no pruning, no new dataloader
         dataloader: Any = None,
         save_dir: Path = Path(''),  # used as given when set; else project/name incremented
@@ -181,16 +187,23 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         if half and device.type != 'cuda':
             LOGGER.info('--half is only supported on CUDA, using FP32')
         half &= device.type == 'cuda'
-        if dnn:
-            LOGGER.info('--dnn (ONNX through OpenCV DNN) is not supported, evaluating the PyTorch model')
         data = check_dataset(data)
         weights = resolve_weights(weights)
-        model, report = prepare_model(load_unfused(weights, data, single_cls), device, half, prune, prune_scope)
+        if dnn and not any(is_onnx(w) for w in weights):
+            LOGGER.info('--dnn selects OpenCV DNN for .onnx weights; ignored for PyTorch weights')
+        model, report = prepare_model(load_unfused(weights, data, single_cls, device, dnn), device, half, prune,
+                                      prune_scope)
         stride = max(int(model.stride.max()), 32)
         imgsz = check_img_size(imgsz, s=stride)
+        fixed = fixed_input(model, imgsz)  # a fixed-shape ONNX export: square batches at its size, as upstream
+        if fixed:
+            if fixed[0] != fixed[1]:
+                raise ValueError(f'{weights[0]} was exported for {fixed[0]}x{fixed[1]} (h x w) inputs; val.py needs a '
+                                 'square export (--imgsz N) or one made with --dynamic')
+            imgsz = fixed[0]
         if device.type == 'cuda':  # warm-up
-            model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))
-        pad, rect = (0.0, False) if task == 'speed' else (0.5, True)
+            model(torch.zeros(1, 3, imgsz, imgsz, device=device, dtype=torch.half if half else torch.float))
+        pad, rect = (0.0, False) if task == 'speed' or fixed else (0.5, True)
         split = task if task in ('train', 'val', 'test') else 'val'
         if not data.get(split):
             raise FileNotFoundError(f"the data yaml has no '{split}:' images to evaluate")
@@ -378,6 +391,8 @@ def sparsity_sweep(data: str | Path | dict = DEFAULT_DATA, weights: list | str |
     data = check_dataset(data)
     amounts = [float(a) for a in (sweep_amounts() if amounts is None else amounts)]
     wlist = resolve_weights(weights)
+    if any(is_onnx(w) for w in wlist):
+        raise ValueError('--task sparsity prunes PyTorch weights: pass the .pt file, not the ONNX export')
     bases = [(Path(w).stem, load_unfused([w], data, single_cls)) for w in wlist] or \
             [(f'{Path(DEFAULT_CFG).stem}-random', load_unfused([], data, single_cls))]
     stride = max(max(int(b.stride.max()) for _, b in bases), 32)
@@ -469,7 +484,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--name', default='exp', help='save to project/name')
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
-    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (not supported)')
+    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference')
     parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='prune this fraction of Conv2d weights (smallest |w|) before evaluating, 0 <= AMOUNT < 1')
     parser.add_argument('--prune-scope', default='layer', choices=SCOPES,

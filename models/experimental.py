@@ -74,12 +74,18 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
 
     Prunes the unfused conv weights in place when ``prune`` > 0 (what a pruned checkpoint holds; fusing keeps
     zeros zero), else measures and logs the model's sparsity; then fuses Conv+BN, moves it to ``device`` in eval
-    mode, FP16 if ``half``. Shared by val.py and detect.py.
+    mode, FP16 if ``half``. Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used
+    as it is: its weights are in the file (report None); pruning it is refused.
     """
+    from models.backend import OnnxModel
     from utils.general import LOGGER
     from utils.sparsity import prune as prune_weights
     from utils.sparsity import sparsity
 
+    if isinstance(model, OnnxModel):
+        if prune:
+            raise ValueError('--prune works on .pt weights: prune the checkpoint, then export it')
+        return model.eval(), None
     if prune:
         report = prune_weights(model, prune, prune_scope)
     else:
