@@ -88,6 +88,9 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opset: int = 12,
                           do_constant_folding=True, input_names=['images'], output_names=['output0'],
                           dynamic_axes=axes if dynamic else None)
     model_onnx = onnx.load(str(file))
+    out = model_onnx.graph.output[0].type.tensor_type.shape.dim[2]
+    if not out.dim_value:  # the tracer leaves 5+nc symbolic in dynamic exports: it is fixed, say so
+        out.dim_value = head.no
     if simplify:
         model_onnx = simplify_onnx(model_onnx, onnx)
     for k, v in onnx_metadata(model).items():
