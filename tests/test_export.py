@@ -6,6 +6,7 @@ The shipped model (data/weights/yolov5n-shapes.pt, copied to a tmp folder) is ex
 from __future__ import annotations
 
 import ast
+import logging
 import shutil
 import subprocess
 import sys
@@ -59,8 +60,8 @@ def static_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def data24(tmp_path_factory) -> Path:
-    return shapes_subset(tmp_path_factory.mktemp('shapes24'), 1, 24)
+def data12(tmp_path_factory) -> Path:
+    return shapes_subset(tmp_path_factory.mktemp('shapes12'), 1, 12)
 
 
 @pytest.fixture(scope='module')
@@ -134,23 +135,24 @@ def test_metadata_parsing():
 
 # ---------------------------------------------------------------------------------------------- val / detect
 @pytest.mark.slow
-def test_val_onnx_gives_pt_numbers(dynamic_onnx, data24, tmp_path):
-    pt = metrics(data24, dynamic_onnx.with_suffix('.pt'), 256, tmp_path)
-    ox = metrics(data24, dynamic_onnx, 256, tmp_path)
+def test_val_onnx_gives_pt_numbers(dynamic_onnx, data12, tmp_path):
+    pt = metrics(data12, dynamic_onnx.with_suffix('.pt'), 256, tmp_path)
+    ox = metrics(data12, dynamic_onnx, 256, tmp_path)
     assert pt[2] > 0.5  # the shipped model finds the shapes
     np.testing.assert_allclose(ox, pt, atol=0.002)
-    dnn = metrics(data24, dynamic_onnx, 256, tmp_path, dnn=True)  # OpenCV DNN runs the same file
+    dnn = metrics(data12, dynamic_onnx, 256, tmp_path, dnn=True)  # OpenCV DNN runs the same file
     np.testing.assert_allclose(dnn, pt, atol=0.002)
 
 
 @pytest.mark.slow
-def test_val_static_onnx_runs_square_at_its_size(static_onnx, data24, model_pt, tmp_path, caplog):
+def test_val_static_onnx_runs_square_at_its_size(static_onnx, data12, model_pt, tmp_path, caplog):
     """A fixed-shape export is run letterboxed at its size (not rect batches, not --imgsz), like upstream; numbers
     equal the .pt model's on the same square batches."""
-    ox = metrics(data24, static_onnx, 320, tmp_path, name='static')
+    caplog.set_level(logging.INFO, logger='yolov5')
+    ox = metrics(data12, static_onnx, 320, tmp_path, name='static')
     assert 'fixed input shape: running letterboxed 128x128' in caplog.text
     assert '"imgsz": 128' in (tmp_path / 'static' / 'metrics.json').read_text()
-    data = check_dataset(data24)
+    data = check_dataset(data12)
     loader = create_dataloader(data['val'], 128, 8, 32, pad=0.0, rect=False, workers=0)[0]
     r, _, _ = val.run(data=data, model=model_pt, dataloader=loader, save_dir=tmp_path / 'pt', plots=False)
     np.testing.assert_allclose(ox, np.array(r[:4]), atol=0.002)
@@ -174,14 +176,14 @@ def test_detect_onnx_draws_the_same_boxes(dynamic_onnx, static_onnx, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- sparse models
 @pytest.mark.slow
-def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data24):
+def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data12):
     """Unstructured 50 % zeros (val.py --prune's cut), saved in the compact sparse form: the ONNX file holds the
     same zeros (dense tensors) and val.py gives the .pt numbers."""
     model = attempt_load(SHIPPED, fuse=False)
     prune(model, 0.5, 'global')
     f = tmp_path / 'pruned.pt'
     save(make_checkpoint(model), f, compact=True)
-    onnx_file = export_to(tmp_path, '--img', '256', '--dynamic', weights=f)
+    onnx_file = export_to(tmp_path, '--img', '128', '--dynamic', weights=f)
     import onnx
     from onnx import numpy_helper
 
@@ -189,7 +191,7 @@ def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data24):
                len(t.dims) == 4]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert abs(zeros - 0.5) < 0.02  # fused conv weights keep the zeros
-    np.testing.assert_allclose(metrics(data24, onnx_file, 256, tmp_path), metrics(data24, f, 256, tmp_path),
+    np.testing.assert_allclose(metrics(data12, onnx_file, 128, tmp_path), metrics(data12, f, 128, tmp_path),
                                atol=0.002)
 
 
@@ -199,8 +201,8 @@ def test_dns_trained_model_exports(tmp_path):
     and detect.py the same boxes."""
     import train
 
-    data = shapes_subset(tmp_path, 16, 16)
-    train.main(train.parse_opt(['--weights', str(SHIPPED), '--data', str(data), '--imgsz', '128', '--batch-size', '8',
+    data = shapes_subset(tmp_path, 8, 8)
+    train.main(train.parse_opt(['--weights', str(SHIPPED), '--data', str(data), '--imgsz', '64', '--batch-size', '8',
                                 '--epochs', '1', '--dns', '--target-sparsity', '0.5', '--workers', '0', '--noplots',
                                 '--noautoanchor', '--project', str(tmp_path / 'train')]))
     best = tmp_path / 'train' / 'exp' / 'weights' / 'best.pt'
@@ -216,7 +218,7 @@ def test_dns_trained_model_exports(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- errors, flags
-def test_not_an_onnx_file_is_one_line_error(tmp_path, data24):
+def test_not_an_onnx_file_is_one_line_error(tmp_path, data12):
     bad = tmp_path / 'model.onnx'
     bad.write_bytes(b'this is not a protobuf \x00\x01' * 20)
     with pytest.raises(CheckpointError, match='is not a valid ONNX model') as e:
@@ -226,7 +228,7 @@ def test_not_an_onnx_file_is_one_line_error(tmp_path, data24):
         detect.main(detect.parse_opt(['--weights', str(bad), '--source', str(ROOT / 'data' / 'images'),
                                       '--project', str(tmp_path)]))
     assert str(e.value.code).startswith('ERROR: ') and 'model.onnx' in str(e.value.code) and '\n' not in e.value.code
-    p = subprocess.run([sys.executable, 'val.py', '--weights', str(bad), '--data', str(data24), '--project',
+    p = subprocess.run([sys.executable, 'val.py', '--weights', str(bad), '--data', str(data12), '--project',
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     errors = [x for x in p.stderr.splitlines() if x.startswith('ERROR:')]
     assert p.returncode == 1 and len(errors) == 1 and 'Traceback' not in p.stderr, p.stderr[-2000:]
@@ -253,12 +255,12 @@ def test_export_user_errors_are_one_line(args, words, tmp_path, monkeypatch):
     assert str(e.value.code).startswith('ERROR: ') and words in e.value.code and '\n' not in e.value.code
 
 
-def test_prune_or_ensemble_of_onnx_refused(dynamic_onnx, data24, tmp_path):
+def test_prune_or_ensemble_of_onnx_refused(dynamic_onnx, data12, tmp_path):
     with pytest.raises(ValueError, match='--prune works on .pt weights'):
-        val.run(data=data24, weights=[str(dynamic_onnx)], imgsz=64, device='cpu', workers=0, prune=0.3,
+        val.run(data=data12, weights=[str(dynamic_onnx)], imgsz=64, device='cpu', workers=0, prune=0.3,
                 project=tmp_path)
     with pytest.raises(ValueError, match='one model at a time'):
-        val.run(data=data24, weights=[str(dynamic_onnx)] * 2, imgsz=64, device='cpu', workers=0, project=tmp_path)
+        val.run(data=data12, weights=[str(dynamic_onnx)] * 2, imgsz=64, device='cpu', workers=0, project=tmp_path)
 
 
 def test_missing_packages_give_the_install_line(dynamic_onnx, tmp_path, monkeypatch):
