@@ -33,7 +33,7 @@ from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
 from utils.downloads import DownloadError, safe_download
-from utils.cli import fraction, int_at_least, prune_amount
+from utils.cli import add_prune_args, fraction, int_at_least
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
@@ -110,18 +110,19 @@ def class_names(model: nn.Module, data: str | Path | None) -> dict[int, str]:
 
 
 def load_model(weights: list[str], device: torch.device, half: bool, prune_amount: float = 0.0,
-               prune_scope: str = 'layer', dnn: bool = False) -> tuple[nn.Module, SparsityReport | None]:
+               prune_scope: str = 'layer', dnn: bool = False, **prune_kw) -> tuple[nn.Module, SparsityReport | None]:
     """Load (Ensemble for several files) in eval mode, prune the unfused weights if ``prune_amount`` > 0, fuse Conv+BN.
 
     Pruning before fusing ranks the trained conv weights (what a pruned checkpoint holds; val.py does the same);
-    fusing keeps zeros zero. Returns the model and its sparsity (logged by prune(), or here when not pruning).
+    fusing keeps zeros zero. ``prune_kw``: prune_granularity, prune_importance, prune_round (see prepare_model).
+    Returns the model and its sparsity (logged by prune(), or here when not pruning).
     One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime, or OpenCV DNN if ``dnn``; sparsity None).
     """
     if any(is_onnx(w) for w in weights):
         model = load_onnx(weights, device, dnn)
     else:
         model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
-    return prepare_model(model, device, half, prune_amount, prune_scope)
+    return prepare_model(model, device, half, prune_amount, prune_scope, **prune_kw)
 
 
 def count_string(cls: torch.Tensor, names: dict[int, str]) -> str:
@@ -214,6 +215,9 @@ def run(
         vid_stride: int = 1,  # video frame-rate stride
         prune: float = 0.0,  # prune this fraction of the conv weights after loading, 0 <= prune < 1 (0: no pruning)
         prune_scope: str = 'layer',  # 'layer': that fraction of every layer; 'global': one threshold for all
+        prune_granularity: str = 'weight',  # 'channel': remove whole output channels (a smaller, faster model)
+        prune_importance: str = 'l1',  # channel ranking: 'l1' filter magnitude or 'bn' |gamma|
+        prune_round: int = 1,  # channel: kept channels per group rounded up to a multiple of this
 ) -> DetectResult:
     """Detect objects in ``source``; returns a DetectResult (save_dir, per-image detections in original-image
     pixels, counts, speed in ms per image, weight sparsity).
@@ -241,7 +245,8 @@ def run(
     if update and onnx:
         LOGGER.info('--update strips the optimizer from .pt weights: ignored for an ONNX file')
         update = False
-    model, report = load_model(weights, device, half, prune, prune_scope, dnn)
+    model, report = load_model(weights, device, half, prune, prune_scope, dnn, prune_granularity=prune_granularity,
+                               prune_importance=prune_importance, prune_round=prune_round)
     stride = int(model.stride.max())
     names = class_names(model, data)
     imgsz = check_img_size(imgsz, s=stride)
@@ -379,10 +384,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference')
     parser.add_argument('--vid-stride', type=int_at_least(1), default=1, help='video frame-rate stride')
-    parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
-                        help='after loading, zero this fraction of the smallest conv weights, 0 <= AMOUNT < 1')
-    parser.add_argument('--prune-scope', choices=('layer', 'global'), default='layer',
-                        help="'layer': AMOUNT of every layer; 'global': one magnitude threshold over all layers")
+    add_prune_args(parser)
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f'--imgsz takes 1 or 2 values (size, or height width), got {len(opt.imgsz)}')

@@ -37,6 +37,9 @@ import val as validate  # for end-of-epoch mAP
 from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
+from utils.channel_dns import ChannelDNS, channel_flops_line
+from utils.channel_pruning import (pruned_model_for_training, resized_layers, shrink_checkpoint,
+                                    zero_channel_fraction)
 from utils.checkpoint import CheckpointError, load, strip_optimizer
 from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
@@ -49,8 +52,8 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, device_info, init_seeds,
                                select_device, smart_optimizer, sparsity, torch_distributed_zero_first)
 from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingError, any_rank, append_results,
-                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, multi_scale, opt_dict,
-                               restore_training_state, resume_opt, save_training_checkpoint, warmup,
+                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, make_slimming, multi_scale,
+                               opt_dict, restore_training_state, resume_opt, save_training_checkpoint, warmup,
                                warmup_accumulate)
 
 TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
@@ -144,6 +147,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     nb = len(train_loader)  # batches per epoch
     nw = max(round(hyp['warmup_epochs'] * nb), 100)  # warmup iterations
     dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if resume else None) if opt.dns else None
+    slim = make_slimming(model, opt.slim) if opt.slim else None
     report_sparsity = dns is not None or float(sparsity(m)) >= 0.01
     dns_seen = {}  # DNS pruned/spliced totals at the last epoch end
     del ckpt
@@ -206,6 +210,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             if ni - last_opt_step >= accumulate:
                 scaler.unscale_(optimizer)  # true gradients for clipping (and anything else that reads them)
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                if slim:
+                    slim.before_step()  # network slimming: gamma.grad += lambda * sign(gamma)
                 if dns:
                     dns.before_step()  # sparsity hook: parameters <- dense W, so every entry gets its update
                 scaler.step(optimizer)
@@ -245,6 +251,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             stop_early = stopper(epoch=epoch, fitness=fi)
             best_fitness = max(best_fitness, fi)
             extra = sparsity_columns(ema.ema, dns, dns_seen) if report_sparsity else None
+            if slim:
+                LOGGER.info(f"{colorstr('slimming: ')}{slim.gamma_summary()}")
             append_results(save_dir / 'results.csv', epoch, [*mloss.tolist(), *results, *lr], extra)
             if not opt.nosave or final_epoch:
                 files = [last] + [best] * (best_fitness == fi)
@@ -272,6 +280,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         for f in last, best:
             if f.exists():
                 strip_optimizer(f)
+                if isinstance(dns, ChannelDNS):  # masked channels output 0: remove them, a smaller model
+                    LOGGER.info(f'{f.name}: {shrink_checkpoint(f)}')
                 if f is best:
                     LOGGER.info(f'\nValidating {f}...')
                     model_best = attempt_load(f, device)
@@ -336,6 +346,11 @@ def build_model(weights: str, cfg: str, hyp: dict, nc: int, device: torch.device
         model = DetectionModel(cfg or deepcopy(src.yaml), ch=3, nc=nc, anchors=hyp.get('anchors')).to(device)
     except (ValueError, FileNotFoundError) as e:  # bad model YAML, missing cfg or weights file
         raise TrainingError(str(e)) from None
+    narrower = 0 if cfg else resized_layers(src, model)
+    if narrower:  # channel-pruned: train its own (smaller) structure; --cfg would rebuild the full-width model
+        LOGGER.info(f'{weights} is channel-pruned ({narrower} layers narrower than its YAML): training its own '
+                    f'structure')
+        return pruned_model_for_training(src, nc).to(device), ckpt
     exclude = ['anchor'] if (cfg or hyp.get('anchors')) and not resume else []
     csd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=exclude)
     model.load_state_dict(csd, strict=False)
@@ -349,8 +364,12 @@ def sparsity_columns(model: nn.Module, dns, seen: dict[str, int]) -> dict[str, f
     DNS counts run from the start of the run (for the final per-layer table); ``seen`` holds the totals at the
     previous epoch, so the columns get this epoch's counts.
     """
-    r = sparsity(model)
-    LOGGER.info(f'{colorstr("sparsity: ")}{r}')
+    if isinstance(dns, ChannelDNS):  # the fraction of prunable channels that output 0, and what removing them saves
+        r = zero_channel_fraction(model)
+        LOGGER.info(f'{colorstr("sparsity: ")}{r:.1%} of prunable channels off; {channel_flops_line(model)}')
+    else:
+        r = sparsity(model)
+        LOGGER.info(f'{colorstr("sparsity: ")}{r}')
     if dns is None:
         return {'sparsity': float(r)}
     s = dns.summary()
@@ -448,19 +467,32 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-surgery-epochs', type=int_at_least(0), default=None,
         help='DNS: epochs during which masks may change, then frozen (default half of --epochs, at least 1; '
              '0 = one-shot prune at the start, then fine-tune with fixed masks)')
+    add('--dns-granularity', choices=['weight', 'channel'], default=None,
+        help='DNS: mask single weights (default) or whole output channels (channel DNS: S is the fraction of '
+             'prunable channels; best.pt/last.pt are physically smaller, faster models)')
+    add('--prune-importance', choices=['l1', 'bn'], default=None,
+        help='channel DNS: rank channels by |BatchNorm gamma| (bn, default: masked channels keep learning and can '
+             'be spliced back) or by the mean |w| of their filters (l1)')
+    add('--prune-round', type=int_at_least(1), default=None, metavar='N',
+        help='channel DNS: kept channels per group rounded up to a multiple of N (default 1)')
+    add('--slim', type=float_in(0, math.inf, hi_open=True), default=0.0, metavar='LAMBDA',
+        help='network slimming (Liu et al. 2017): L1 penalty LAMBDA * sum|gamma| on the BatchNorm scales of the '
+             'prunable channels; then prune with --prune-granularity channel --prune-importance bn')
     add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
     add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
     return parser.parse_args(argv)
 
 
-DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'constant'}
+DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'constant',
+                'dns_granularity': 'weight'}
 
 
 def check_dns_opt(opt: argparse.Namespace) -> None:
     """Validate the DNS flag combination and fill in defaults (raises TrainingError with one line)."""
     flags = {'--target-sparsity': opt.target_sparsity, '--dns-scope': opt.dns_scope, '--dns-gamma': opt.dns_gamma,
              '--dns-power': opt.dns_power, '--dns-band': opt.dns_band, '--dns-surgery-epochs': opt.dns_surgery_epochs,
-             '--dns-schedule': opt.dns_schedule,
+             '--dns-schedule': opt.dns_schedule, '--dns-granularity': opt.dns_granularity,
+             '--prune-importance': opt.prune_importance, '--prune-round': opt.prune_round,
              '--prune-exclude-first': opt.prune_exclude_first or None,
              '--prune-exclude-detect': opt.prune_exclude_detect or None}
     if not opt.dns:
@@ -473,6 +505,12 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
     for k, v in DNS_DEFAULTS.items():
         if getattr(opt, k) is None:
             setattr(opt, k, v)
+    if opt.dns_granularity == 'weight' and (opt.prune_importance or opt.prune_round):
+        raise TrainingError(f"--prune-{'importance' if opt.prune_importance else 'round'} needs "
+                            f"--dns-granularity channel")
+    if opt.dns_granularity == 'channel':
+        opt.prune_importance = opt.prune_importance or 'bn'
+        opt.prune_round = opt.prune_round or 1
     if opt.dns_surgery_epochs is None:
         opt.dns_surgery_epochs = max(1, opt.epochs // 2)  # first half surgery, second half fixed-mask fine-tuning
     if opt.dns_surgery_epochs > opt.epochs:

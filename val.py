@@ -3,6 +3,7 @@
 Usage:
     python val.py --weights yolov5n.pt --data shapes.yaml --img 256             # P, R, mAP50, mAP50-95
     python val.py --weights best.pt --img 256 --prune 0.3 --prune-scope global  # prune, then evaluate
+    python val.py --weights best.pt --img 256 --prune 0.3 --prune-granularity channel  # 30 % fewer channels
     python val.py --weights best.pt --img 256 --save-json                       # + pycocotools AP / AR@100
     python val.py --weights best.pt --img 256 --task sparsity                   # sensitivity sweep (issue 4)
     python val.py --weights a.pt b.pt --task speed --batch 1                    # speed per model
@@ -17,7 +18,7 @@ metrics.json (written by every non-training run that makes its own folder) holds
 coco_AR100, coco_stats`` (pycocotools, null without --save-json or annotations), ``sparsity`` (zero fraction of
 the Conv2d weights), ``sparsity_all`` (of all parameters), ``ms_pre, ms_per_img, ms_nms`` (per image:
 pre-process, inference, NMS), ``images, instances, imgsz, batch, precision ('fp16'|'fp32'), device, weights,
-data, task, prune, prune_scope`` and ``classes`` ({name: {instances, P, R, mAP50, mAP50-95}}).
+data, task, prune, prune_scope, prune_granularity, params`` (parameter count of the evaluated model) and ``classes`` ({name: {instances, P, R, mAP50, mAP50-95}}).
 
 run() returns ``((P, R, mAP50, mAP50-95, box_loss, obj_loss, cls_loss), maps (nc,), (pre, inference, NMS) ms)``
 exactly like upstream, so train.py validates through it with a live ``model=`` and ``dataloader=``. As upstream,
@@ -48,7 +49,7 @@ from utils.checkpoint import CheckpointError
 from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, image_id, is_coco_dataset,
                              predictions_to_coco)
 from utils.dataloaders import check_dataset, create_dataloader
-from utils.cli import fraction, int_at_least, prune_amount
+from utils.cli import add_prune_args, fraction, int_at_least
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xywh2xyxy, xyxy2xywh)
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
@@ -170,7 +171,10 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         callbacks: Any = None,
         compute_loss: Any = None,
         prune: float = 0.0,  # prune this fraction of Conv2d weights before evaluating
-        prune_scope: str = 'layer') -> tuple[tuple[float, ...], np.ndarray, tuple[float, float, float]]:
+        prune_scope: str = 'layer',
+        prune_granularity: str = 'weight',  # 'channel': remove whole output channels (utils/channel_pruning.py)
+        prune_importance: str = 'l1',  # channel ranking: 'l1' filter magnitude or 'bn' |gamma|
+        prune_round: int = 1) -> tuple[tuple[float, ...], np.ndarray, tuple[float, float, float]]:
     """Evaluate a detector; returns ((P, R, mAP50, mAP50-95, *val losses), maps per class, (pre, infer, NMS) ms/img)."""
     training = model is not None
     report, own_dir, coco = None, False, None
@@ -192,7 +196,7 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         if dnn and not any(is_onnx(w) for w in weights):
             LOGGER.info('--dnn selects OpenCV DNN for .onnx weights; ignored for PyTorch weights')
         model, report = prepare_model(load_unfused(weights, data, single_cls, device, dnn), device, half, prune,
-                                      prune_scope)
+                                      prune_scope, prune_granularity, prune_importance, prune_round)
         stride = max(int(model.stride.max()), 32)
         imgsz = check_img_size(imgsz, s=stride)
         fixed = fixed_input(model, imgsz)  # a fixed-shape ONNX export: square batches at its size, as upstream
@@ -340,7 +344,8 @@ def run(data: str | Path | dict = DEFAULT_DATA,
         if own_dir:
             summary = metrics_summary(
                 weights=weights, data=data_src, task=task, imgsz=imgsz, batch=batch_size, half=half, device=device,
-                report=report, prune=prune, prune_scope=prune_scope, images=seen, nt=nt, mp=mp, mr=mr,
+                report=report, prune=prune, prune_scope=prune_scope, prune_granularity=prune_granularity,
+                params=sum(x.numel() for x in model.parameters()) or None, images=seen, nt=nt, mp=mp, mr=mr,
                 map50=internal[0], map50_95=internal[1], coco=coco, t=t,
                 classes={names[int(c)]: (int(nt[c]), p[i], r[i], ap50[i], ap[i]) for i, c in enumerate(ap_class)})
             (save_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
@@ -353,7 +358,8 @@ def run(data: str | Path | dict = DEFAULT_DATA,
 
 
 def metrics_summary(weights: list[str], data: str, task: str, imgsz: int, batch: int, half: bool,
-                    device: torch.device, report: SparsityReport | None, prune: float, prune_scope: str, images: int,
+                    device: torch.device, report: SparsityReport | None, prune: float, prune_scope: str,
+                    prune_granularity: str, params: int, images: int,
                     nt: np.ndarray, mp: float, mr: float, map50: float, map50_95: float, coco: CocoStats | None,
                     t: tuple[float, float, float], classes: dict[str, tuple]) -> dict[str, Any]:
     """The flat metrics.json dict described in the module docstring (fractions 0-1, times ms per image)."""
@@ -365,7 +371,7 @@ def metrics_summary(weights: list[str], data: str, task: str, imgsz: int, batch:
         'coco_AP': coco.ap if coco else None, 'coco_AP50': coco.ap50 if coco else None,
         'coco_AR100': coco.ar100 if coco else None, 'coco_stats': list(coco.stats) if coco else None,
         'sparsity': report.prunable if report else None, 'sparsity_all': report.overall if report else None,
-        'prune': prune, 'prune_scope': prune_scope,
+        'prune': prune, 'prune_scope': prune_scope, 'prune_granularity': prune_granularity, 'params': params,
         'ms_pre': t[0], 'ms_per_img': t[1], 'ms_nms': t[2],
         'classes': {k: dict(zip(('instances', 'P', 'R', 'mAP50', 'mAP50-95'), (v[0], *(float(x) for x in v[1:]))))
                     for k, v in classes.items()},
@@ -485,10 +491,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference')
-    parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
-                        help='prune this fraction of Conv2d weights (smallest |w|) before evaluating, 0 <= AMOUNT < 1')
-    parser.add_argument('--prune-scope', default='layer', choices=SCOPES,
-                        help='layer: AMOUNT of every layer; global: one threshold over all layers')
+    add_prune_args(parser)
     opt = parser.parse_args(argv)
     opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid

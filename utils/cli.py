@@ -43,3 +43,22 @@ def prune_amount(s: str) -> float:
         return float_in(0.0, 1.0, hi_open=True)(s)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f'{s} must be a fraction of weights in [0, 1), e.g. 0.3') from None
+
+
+def add_prune_args(parser: argparse.ArgumentParser) -> None:
+    """The pruning flags shared by val.py and detect.py (applied after loading, before fusing)."""
+    parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
+                        help='prune this fraction before evaluating, 0 <= AMOUNT < 1: of the Conv2d weights '
+                             '(smallest |w|, zeroed) or, with --prune-granularity channel, of the prunable output '
+                             'channels (removed: a smaller, faster model)')
+    parser.add_argument('--prune-scope', default='layer', choices=('layer', 'global'),
+                        help='layer: AMOUNT of every layer (channel: of every channel group); global: one ranking '
+                             'over all layers')
+    parser.add_argument('--prune-granularity', default='weight', choices=('weight', 'channel'),
+                        help='weight: zero single weights (sparse, same speed); channel: remove whole output '
+                             'channels with everything that reads them (faster)')
+    parser.add_argument('--prune-importance', default='l1', choices=('l1', 'bn'),
+                        help='channel ranking: l1 = mean |w| of the filters, bn = |BatchNorm gamma| (network '
+                             'slimming, use after train.py --slim)')
+    parser.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
+                        help='channel: round kept channels per group up to a multiple of N (8 suits GPU kernels)')

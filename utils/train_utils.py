@@ -271,19 +271,39 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
     if state is None and opt.resume:
         raise TrainingError("--resume of a --dns run needs the checkpoint's 'dns' state, which is missing")
     steps = max(optimizer_steps(opt.dns_surgery_epochs * nb, nw, nbs, opt.batch_size), 1)
+    channel = (opt.dns_granularity or 'weight') == 'channel'  # None: a run saved before channel DNS existed
+    kw = dict(target=opt.target_sparsity, surgery_steps=steps, scope=opt.dns_scope, band=opt.dns_band,
+              gamma=opt.dns_gamma, power=opt.dns_power,
+              s_init=opt.target_sparsity if opt.dns_schedule == 'constant' else None, seed=opt.seed,
+              exclude_first=opt.prune_exclude_first, exclude_detect=opt.prune_exclude_detect)
     try:
-        dns = DNS(model, target=opt.target_sparsity, surgery_steps=steps, scope=opt.dns_scope, band=opt.dns_band,
-                  gamma=opt.dns_gamma, power=opt.dns_power,
-                  s_init=opt.target_sparsity if opt.dns_schedule == 'constant' else None,
-                  seed=opt.seed,
-                  exclude_first=opt.prune_exclude_first, exclude_detect=opt.prune_exclude_detect)
+        if channel:
+            from utils.channel_dns import ChannelDNS
+            dns = ChannelDNS(model, importance=opt.prune_importance, round_to=opt.prune_round, **kw)
+        else:
+            dns = DNS(model, **kw)
         if state is not None:
             dns.load_state_dict(state)
         elif opt.dns_surgery_epochs == 0:  # no surgery: one-shot magnitude cut now, fixed masks while fine-tuning
             dns.finish()
     except ValueError as e:
         raise TrainingError(f'DNS: {e}') from None
+    what = (f'{len(dns.names)} channel groups ({opt.prune_importance} importance)' if channel
+            else f'{len(dns.names)} weight tensors')
     LOGGER.info(f"{'Resumed' if state else 'Started'} DNS: target sparsity {opt.target_sparsity:.1%} "
-                f'({opt.dns_scope} scope) on {len(dns.names)} weight tensors, surgery for '
+                f'({opt.dns_scope} scope) on {what}, surgery for '
                 f'{opt.dns_surgery_epochs} epochs ({steps} optimizer steps)')
     return dns
+
+
+def make_slimming(model: nn.Module, lam: float):
+    """The network-slimming hook (utils/slimming.py) for --slim LAMBDA."""
+    from utils.slimming import Slimming
+
+    try:
+        slim = Slimming(model, lam)
+    except ValueError as e:
+        raise TrainingError(f'--slim: {e}') from None
+    LOGGER.info(f'Network slimming: L1 penalty {lam:g} * sum|gamma| on {len(slim.gammas)} BatchNorm layers '
+                f'({slim.gamma_summary()})')
+    return slim
