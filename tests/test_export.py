@@ -196,6 +196,30 @@ def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data12):
 
 
 @pytest.mark.slow
+def test_channel_pruned_checkpoint_exports_smaller_graph(tmp_path, data12):
+    """A channel-pruned checkpoint (utils/channel_pruning.py, 30 % of the channels removed) is an ordinary smaller
+    model: its ONNX file has fewer weights and val.py gives the .pt numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    from utils.channel_pruning import prune_channels
+
+    model = attempt_load(SHIPPED, fuse=False)
+    prune_channels(model, 0.3)
+    f = tmp_path / 'channels30.pt'
+    save(make_checkpoint(model), f)
+    onnx_file = export_to(tmp_path, '--img', '128', '--dynamic', weights=f)
+    dense_file = export_to(tmp_path / 'dense', '--img', '128', '--dynamic')
+
+    def n_weights(file: Path) -> int:
+        return sum(numpy_helper.to_array(t).size for t in onnx.load(str(file)).graph.initializer)
+
+    assert n_weights(onnx_file) < 0.7 * n_weights(dense_file)
+    np.testing.assert_allclose(metrics(data12, onnx_file, 128, tmp_path), metrics(data12, f, 128, tmp_path),
+                               atol=0.002)
+
+
+@pytest.mark.slow
 def test_dns_trained_model_exports(tmp_path):
     """One epoch of DNS fine-tuning of the shipped model (50 % target), then export -> val.py gives the .pt numbers
     and detect.py the same boxes."""
