@@ -9,6 +9,7 @@ Usage (upstream YOLOv5 v7.0 flags, plus --prune/--prune-scope):
                                                    list.txt                        # file with one path per line
                                                    'rtsp://example.com/media.mp4'  # RTSP, RTMP, HTTP stream
     python detect.py --weights best.pt --source data/images --prune 0.3 --prune-scope global
+    python detect.py --weights best.onnx --source data/images --img 256 [--dnn]   # export.py's ONNX file
 
 Outputs in runs/detect/exp*/ (see --project/--name): annotated images and videos (<name>.mp4, mp4v, source fps
 and size) unless --nosave; labels/<stem>.txt (``cls xc yc w h [conf]`` normalized to the original image; video
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.backend import fixed_input, is_onnx, load_onnx
 from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
@@ -108,14 +110,18 @@ def class_names(model: nn.Module, data: str | Path | None) -> dict[int, str]:
 
 
 def load_model(weights: list[str], device: torch.device, half: bool, prune_amount: float = 0.0,
-               prune_scope: str = 'layer', **prune_kw) -> tuple[nn.Module, SparsityReport]:
+               prune_scope: str = 'layer', dnn: bool = False, **prune_kw) -> tuple[nn.Module, SparsityReport | None]:
     """Load (Ensemble for several files) in eval mode, prune the unfused weights if ``prune_amount`` > 0, fuse Conv+BN.
 
     Pruning before fusing ranks the trained conv weights (what a pruned checkpoint holds; val.py does the same);
     fusing keeps zeros zero. ``prune_kw``: prune_granularity, prune_importance, prune_round (see prepare_model).
     Returns the model and its sparsity (logged by prune(), or here when not pruning).
+    One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime, or OpenCV DNN if ``dnn``; sparsity None).
     """
-    model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
+    if any(is_onnx(w) for w in weights):
+        model = load_onnx(weights, device, dnn)
+    else:
+        model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
     return prepare_model(model, device, half, prune_amount, prune_scope, **prune_kw)
 
 
@@ -205,7 +211,7 @@ def run(
         hide_labels: bool = False,  # hide labels
         hide_conf: bool = False,  # hide confidences
         half: bool = False,  # use FP16 half-precision inference (CUDA only)
-        dnn: bool = False,  # use OpenCV DNN for ONNX inference (accepted; .pt weights only here)
+        dnn: bool = False,  # run .onnx weights with OpenCV DNN instead of ONNX Runtime
         vid_stride: int = 1,  # video frame-rate stride
         prune: float = 0.0,  # prune this fraction of the conv weights after loading, 0 <= prune < 1 (0: no pruning)
         prune_scope: str = 'layer',  # 'layer': that fraction of every layer; 'global': one threshold for all
@@ -233,19 +239,25 @@ def run(
     if half and device.type == 'cpu':
         LOGGER.info('--half is for CUDA devices only: running FP32 on CPU')
     half = half and device.type != 'cpu'
-    if dnn:
+    onnx = any(is_onnx(w) for w in weights)
+    if dnn and not onnx:
         LOGGER.info('--dnn selects OpenCV DNN for ONNX models; PyTorch .pt weights run with PyTorch (flag ignored)')
-    model, report = load_model(weights, device, half, prune, prune_scope, prune_granularity=prune_granularity,
+    if update and onnx:
+        LOGGER.info('--update strips the optimizer from .pt weights: ignored for an ONNX file')
+        update = False
+    model, report = load_model(weights, device, half, prune, prune_scope, dnn, prune_granularity=prune_granularity,
                                prune_importance=prune_importance, prune_round=prune_round)
     stride = int(model.stride.max())
     names = class_names(model, data)
     imgsz = check_img_size(imgsz, s=stride)
+    fixed = fixed_input(model, imgsz)  # a fixed-shape ONNX export: full letterbox at its size, as upstream
+    imgsz = list(fixed) if fixed else imgsz
 
     # Source
     if is_stream:
-        dataset = LoadStreams(source, img_size=imgsz, stride=stride, auto=True, vid_stride=vid_stride)
+        dataset = LoadStreams(source, img_size=imgsz, stride=stride, auto=not fixed, vid_stride=vid_stride)
     else:
-        dataset = LoadImages(source, img_size=imgsz, stride=stride, auto=True, vid_stride=vid_stride)
+        dataset = LoadImages(source, img_size=imgsz, stride=stride, auto=not fixed, vid_stride=vid_stride)
     bs = len(dataset) if is_stream else 1
     save_img = not nosave
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
@@ -370,7 +382,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--hide-labels', default=False, action='store_true', help='hide labels')
     parser.add_argument('--hide-conf', default=False, action='store_true', help='hide confidences')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
-    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (ignored for .pt)')
+    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference')
     parser.add_argument('--vid-stride', type=int_at_least(1), default=1, help='video frame-rate stride')
     add_prune_args(parser)
     opt = parser.parse_args(argv)

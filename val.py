@@ -8,6 +8,7 @@ Usage:
     python val.py --weights best.pt --img 256 --save-json                       # + pycocotools AP / AR@100
     python val.py --weights best.pt --img 256 --task sparsity                   # sensitivity sweep (issue 4)
     python val.py --weights a.pt b.pt --task speed --batch 1                    # speed per model
+    python val.py --weights best.onnx --img 256 [--dnn]                         # export.py's ONNX file
 
 Outputs in runs/val/exp*/ (``--project``/``--name``): confusion_matrix.png, {PR,F1,P,R}_curve.png,
 val_batch{0,1,2}_{labels,pred}.jpg, labels/*.txt (--save-txt: ``cls xc yc w h [conf]`` normalized),
@@ -43,6 +44,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from models.backend import fixed_input, is_onnx, load_onnx
 from models.experimental import Ensemble, attempt_load, checkpoint_model, prepare_model
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, load
@@ -131,11 +133,16 @@ def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str
     if not weights:
         return str(DEFAULT_DATA), '--data not given and no weights: the embedded set'
     w = Path(weights[0])
-    ckpt = load(attempt_download(w))
-    model = checkpoint_model(ckpt)
-    nc, names = model_nc(model), _name_list(getattr(model, 'names', None))
-    recorded = _recorded_data(ckpt, names)
-    del ckpt, model
+    if is_onnx(w):  # an export carries its class names in its metadata, but no training options
+        model = load_onnx([str(w)])
+        nc, names, recorded = model_nc(model), _name_list(getattr(model, 'names', None)), None
+    else:
+        ckpt = load(attempt_download(w))
+        model = checkpoint_model(ckpt)
+        nc, names = model_nc(model), _name_list(getattr(model, 'names', None))
+        recorded = _recorded_data(ckpt, names)
+        del ckpt
+    del model
     if recorded:
         file, why = recorded, f'the data set {w.name} was trained on (its checkpoint records it)'
     elif names == coco_names():
@@ -160,14 +167,18 @@ def data_or_default(data: str | Path | dict | None, weights: list[str], single_c
     return data
 
 
-def load_unfused(weights: list[str], data: dict, single_cls: bool = False, src: str = '') -> nn.Module:
+def load_unfused(weights: list[str], data: dict, single_cls: bool = False, src: str = '',
+                 device: torch.device | str = 'cpu', dnn: bool = False) -> nn.Module:
     """FP32 CPU eval-mode model from weights files (an Ensemble for several), or a random-init yolov5n for [].
 
+    One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime on ``device``, or OpenCV DNN if ``dnn``).
     Raises ValueError when the model's class count differs from the data's (unless single_cls); ``src`` names
     the data yaml in that message.
     """
     nc = int(data['nc'])
-    if weights:
+    if any(is_onnx(w) for w in weights):
+        model = load_onnx(weights, device, dnn)
+    elif weights:
         model = attempt_load(weights if len(weights) > 1 else weights[0], device='cpu', fuse=False)
     else:
         LOGGER.warning(f'WARNING ⚠️ no trained weights found ({_rel(DEFAULT_WEIGHTS)} missing, no '
@@ -228,7 +239,7 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
         name: str = 'exp',
         exist_ok: bool = False,
         half: bool = True,  # FP16 on CUDA
-        dnn: bool = False,  # accepted for CLI compatibility: ONNX via OpenCV DNN is not supported
+        dnn: bool = False,  # run .onnx weights with OpenCV DNN instead of ONNX Runtime
         model: nn.Module | None = None,  # live model (train.py): no loading, no pruning, no new dataloader
         dataloader: Any = None,
         save_dir: Path = Path(''),  # used as given when set; else project/name incremented
@@ -258,17 +269,23 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
         if half and device.type != 'cuda':
             LOGGER.info('--half is only supported on CUDA, using FP32')
         half &= device.type == 'cuda'
-        if dnn:
-            LOGGER.info('--dnn (ONNX through OpenCV DNN) is not supported, evaluating the PyTorch model')
+        if dnn and not any(is_onnx(w) for w in weights):
+            LOGGER.info('--dnn selects OpenCV DNN for .onnx weights; ignored for PyTorch weights')
         split = task if task in ('train', 'val', 'test') else 'val'
         data = check_dataset(data, splits=(split,))
-        model, report = prepare_model(load_unfused(weights, data, single_cls, data_src), device, half, prune,
-                                      prune_scope, prune_granularity, prune_importance, prune_round)
+        model, report = prepare_model(load_unfused(weights, data, single_cls, data_src, device, dnn), device, half,
+                                      prune, prune_scope, prune_granularity, prune_importance, prune_round)
         stride = max(int(model.stride.max()), 32)
         imgsz = check_img_size(imgsz, s=stride)
+        fixed = fixed_input(model, imgsz)  # a fixed-shape ONNX export: square batches at its size, as upstream
+        if fixed:
+            if fixed[0] != fixed[1]:
+                raise ValueError(f'{weights[0]} was exported for {fixed[0]}x{fixed[1]} (h x w) inputs; val.py needs a '
+                                 'square export (--imgsz N) or one made with --dynamic')
+            imgsz = fixed[0]
         if device.type == 'cuda':  # warm-up
-            model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))
-        pad, rect = (0.0, False) if task == 'speed' else (0.5, True)
+            model(torch.zeros(1, 3, imgsz, imgsz, device=device, dtype=torch.half if half else torch.float))
+        pad, rect = (0.0, False) if task == 'speed' or fixed else (0.5, True)
         if not data.get(split):
             raise FileNotFoundError(f"the data yaml has no '{split}:' images to evaluate")
         dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
@@ -405,7 +422,7 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
             summary = metrics_summary(
                 weights=weights, data=data_src, task=task, imgsz=imgsz, batch=batch_size, half=half, device=device,
                 report=report, prune=prune, prune_scope=prune_scope, prune_granularity=prune_granularity,
-                params=sum(x.numel() for x in model.parameters()), images=seen, nt=nt, mp=mp, mr=mr,
+                params=sum(x.numel() for x in model.parameters()) or None, images=seen, nt=nt, mp=mp, mr=mr,
                 map50=internal[0], map50_95=internal[1], coco=coco, t=t,
                 classes={names[int(c)]: (int(nt[c]), p[i], r[i], ap50[i], ap[i]) for i, c in enumerate(ap_class)})
             (save_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
@@ -459,6 +476,8 @@ def sparsity_sweep(data: str | Path | dict | None = None, weights: list | str | 
     src = str(data) if isinstance(data, (str, Path)) else ''
     data = check_dataset(data)
     amounts = [float(a) for a in (sweep_amounts() if amounts is None else amounts)]
+    if any(is_onnx(w) for w in wlist):
+        raise ValueError('--task sparsity prunes PyTorch weights: pass the .pt file, not the ONNX export')
     bases = [(Path(w).stem, load_unfused([w], data, single_cls, src)) for w in wlist] or \
             [(f'{Path(DEFAULT_CFG).stem}-random', load_unfused([], data, single_cls))]
     stride = max(max(int(b.stride.max()) for _, b in bases), 32)
@@ -552,7 +571,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--name', default='exp', help='save to project/name')
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     parser.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
-    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference (not supported)')
+    parser.add_argument('--dnn', action='store_true', help='use OpenCV DNN for ONNX inference')
     add_prune_args(parser)
     opt = parser.parse_args(argv)
     opt.save_txt |= opt.save_hybrid

@@ -78,12 +78,18 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
     output channels (utils/channel_pruning.py, ranked by ``prune_importance`` 'l1' or 'bn', kept counts rounded up to
     a multiple of ``prune_round``) and logs parameters and GFLOPs before and after. Otherwise the model's sparsity
     is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
-    Shared by val.py and detect.py.
+    Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
+    are in the file (report None); pruning it is refused.
     """
+    from models.backend import OnnxModel
     from utils.general import LOGGER
     from utils.sparsity import prune as prune_weights
     from utils.sparsity import sparsity
 
+    if isinstance(model, OnnxModel):
+        if prune:
+            raise ValueError('--prune works on .pt weights: prune the checkpoint, then export it')
+        return model.eval(), None
     models = list(model) if isinstance(model, Ensemble) else [model]
     if prune and prune_granularity == 'channel':
         from utils.channel_pruning import prune_channels

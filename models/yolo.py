@@ -35,8 +35,7 @@ class Detect(nn.Module):
         self.no = nc + 5  # outputs per anchor: xywh, objectness, classes
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2
-        self.grid = [torch.empty(0) for _ in range(self.nl)]  # caches, rebuilt on demand
-        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.clear_grids()  # grid / anchor_grid: caches, rebuilt on demand
         self.register_buffer('anchors', torch.tensor(anchors).float().view(self.nl, -1, 2))  # stride units
         self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
         self.inplace = inplace
@@ -48,9 +47,14 @@ class Detect(nn.Module):
         super().__setstate__(state)
         self._buffers.pop('anchor_grid', None)
         self.__dict__.pop('anchor_grid', None)
+        self.clear_grids()
+        self.__dict__.setdefault('inplace', True)
+
+    def clear_grids(self) -> None:
+        """Empty the grid caches: the next forward rebuilds them from the input's shape (an ONNX trace then records
+        the grid as a function of the input size, so a --dynamic export works at every size)."""
         self.grid = [torch.empty(0) for _ in range(self.nl)]
         self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
-        self.__dict__.setdefault('inplace', True)
 
     def forward(self, x: list[torch.Tensor]):
         """Train: list of (bs, na, ny, nx, no) raw maps. Eval: (decoded (bs, N, no), raw maps)."""

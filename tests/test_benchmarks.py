@@ -17,3 +17,14 @@ def test_dns_bench_prints_overheads(capsys):
     assert all(step > 0 and hooks >= 0 for step, hooks in result.values())
     assert 'batch 2 x 2 accumulated = 4 images per optimizer step' in out
     assert 'average surgery overhead' in out and 'extra memory' in out
+
+
+def test_onnx_bench_prints_ratio_table(capsys):
+    from benchmarks import onnx_bench
+
+    rows = onnx_bench.run(prune=[0.5], shapes=[(1, 64)], threads=1, runs=1, warmup=0)
+    out = capsys.readouterr().out
+    assert [r['model'] for r in rows] == ['yolov5n-shapes', 'yolov5n-shapes 50% unstructured']
+    assert rows[0]['ratio'] == 1.0 and rows[1]['ms_median'] >= rows[1]['ms'] > 0
+    assert abs(rows[1]['sparsity'] - 0.5) < 0.01
+    assert '| model | zeros in conv weights | batch x size | ms / batch (fastest) |' in out and '| 1 x 64 |' in out

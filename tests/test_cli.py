@@ -28,7 +28,7 @@ def test_ranges():
             open_unit(bad)
 
 
-@pytest.mark.parametrize('script', ['train', 'val', 'detect', 'compare'])
+@pytest.mark.parametrize('script', ['train', 'val', 'detect', 'export', 'compare'])
 def test_readme_help_block_matches_parser(script, capsys, monkeypatch):
     """README's `python X.py --help` block is the parser's current help (every flag documented, none stale)."""
     import importlib

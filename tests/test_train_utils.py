@@ -173,7 +173,8 @@ def test_any_rank_single_process():
 def dns_opt(**kw) -> argparse.Namespace:
     d = dict(target_sparsity=0.5, dns_scope='layer', dns_band=0.1, dns_gamma=1e-4, dns_power=1.0,
              dns_schedule='constant', dns_surgery_epochs=2, batch_size=16, seed=0, prune_exclude_first=False,
-             prune_exclude_detect=False, resume=False, hyp={})
+             prune_exclude_detect=False, resume=False, hyp={}, dns_granularity='weight', prune_importance='l1',
+             prune_round=1)
     d.update(kw)
     return argparse.Namespace(**d)
 

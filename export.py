@@ -1,0 +1,154 @@
+"""Export a YOLOv5 PyTorch model to ONNX (upstream v7.0 export.py flags; ONNX is the one format written here).
+
+Usage:
+    python export.py --weights best.pt --include onnx --img 256                 # best.onnx next to best.pt
+    python export.py --weights best.pt --img 640 --dynamic --simplify           # any batch size / image size
+    python export.py --weights a.pt b.pt --img 256 --batch-size 8 --half --device 0   # FP16 (CUDA only)
+
+Inference with the exported file (ONNX Runtime, or OpenCV DNN with --dnn):
+    python val.py --weights best.onnx --img 256
+    python detect.py --weights best.onnx --img 256 [--dnn]
+
+The file has one input 'images' (bs, 3, h, w) RGB 0-1 and one output 'output0' (bs, N, 5+nc): xywh in input
+pixels, objectness and class scores, before NMS (upstream's layout), plus upstream's metadata_props 'stride' and
+'names'. Dense, pruned (zeros are stored as dense zeros: no ONNX speed-up) and DNS-trained checkpoints export alike.
+Needs the optional packages onnx (export) and onnxruntime (--simplify, running): pip install onnx onnxruntime.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from models.experimental import attempt_load, prepare_model
+from utils.checkpoint import CheckpointError
+from utils.cli import int_at_least
+from utils.export import FORMATS, PREFIX, check_include, detect_head, export_onnx
+from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
+from utils.torch_utils import DeviceError, select_device
+
+DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
+# flags of upstream's other formats: accepted so that upstream command lines parse, without effect here
+OTHER_FORMAT_FLAGS = {'keras': False, 'optimize': False, 'int8': False, 'verbose': False, 'workspace': 4,
+                      'nms': False, 'agnostic_nms': False, 'topk_per_class': 100, 'topk_all': 100, 'iou_thres': 0.45,
+                      'conf_thres': 0.25}
+
+
+def default_weights() -> str:
+    """The shipped shapes detector when present, else upstream's default name (downloaded on first use)."""
+    return str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else 'yolov5s.pt'
+
+
+def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream reads it only for TF INT8
+        weights: str | Path = DEFAULT_WEIGHTS,  # one .pt file
+        imgsz: int | list[int] = (640, 640),  # image (height, width), pixels
+        batch_size: int = 1,
+        device: str = 'cpu',  # cuda device, i.e. 0 or 0,1,2,3 or cpu
+        include: list[str] | tuple[str, ...] = ('onnx',),
+        half: bool = False,  # FP16 export (CUDA only)
+        inplace: bool = False,  # Detect inplace flag (same graph: this Detect decodes without in-place ops)
+        dynamic: bool = False,  # dynamic batch, height and width axes
+        simplify: bool = False,  # onnxruntime basic graph optimizations
+        opset: int = 12,
+        **other_format_flags) -> list[str]:
+    """Export ``weights`` to ``<weights>.onnx``; returns the written file names.
+
+    Raises ValueError (bad flag combination or format), CheckpointError (unreadable weights, onnx missing),
+    DeviceError; ``main`` turns them into one 'ERROR: ...' line.
+    """
+    t = time.time()
+    include = check_include(include)
+    ignored = [k for k, v in other_format_flags.items() if k in OTHER_FORMAT_FLAGS and v != OTHER_FORMAT_FLAGS[k]]
+    if ignored:
+        LOGGER.info(f"ignoring --{' --'.join(k.replace('_', '-') for k in ignored)}: only used by formats this "
+                    'project does not export')
+    file = Path(weights)
+    if file.suffix.lower() == '.onnx':
+        raise ValueError(f'{file} is already an ONNX file: pass the .pt checkpoint it came from')
+    device = select_device(device)
+    if half and device.type == 'cpu':
+        LOGGER.info('--half is only supported on CUDA: exporting FP32')
+        half = False
+    if half and dynamic:
+        raise ValueError('--half not compatible with --dynamic, i.e. use either --half or --dynamic but not both')
+    from models.backend import require
+    require('onnx', 'ONNX export')  # fail before loading anything
+
+    model, _ = prepare_model(attempt_load(weights, device=device, inplace=True, fuse=False), device, half=False)
+    imgsz = [int(imgsz)] * 2 if isinstance(imgsz, int) else [int(x) for x in imgsz]
+    imgsz *= 2 if len(imgsz) == 1 else 1
+    gs = int(max(model.stride))
+    imgsz = [check_img_size(x, gs) for x in imgsz]
+    im = torch.zeros(batch_size, 3, *imgsz, device=device)
+    detect_head(model).inplace = inplace
+    with torch.no_grad():
+        for _ in range(2):
+            y = model(im)[0]  # dry runs
+    if half:
+        im, model = im.half(), model.half()
+    LOGGER.info(f"\n{colorstr('PyTorch:')} starting from {file} with output shape {tuple(y.shape)} "
+                f'({file.stat().st_size / 1e6:.1f} MB)')
+    f = export_onnx(model, im, file.with_suffix('.onnx'), opset, dynamic, simplify)
+    LOGGER.info(f'{PREFIX} export success ✅ {time.time() - t:.1f}s, saved as {f} ({f.stat().st_size / 1e6:.1f} MB)')
+    h = ' --half' if half else ''
+    LOGGER.info(f"\nExport complete ({time.time() - t:.1f}s)\nResults saved to {colorstr('bold', f.parent)}"
+                f'\nDetect:          python detect.py --weights {f}{h}'
+                f'\nValidate:        python val.py --weights {f}{h}'
+                f'\nVisualize:       https://netron.app')
+    return [str(f)]
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (upstream v7.0 names); ``argv`` None reads sys.argv."""
+    parser = argparse.ArgumentParser(description='Export a YOLOv5 model to ONNX')
+    parser.add_argument('--data', type=str, default=str(ROOT / 'data' / 'shapes.yaml'),
+                        help='dataset.yaml path (accepted; upstream uses it only for TF INT8 calibration)')
+    parser.add_argument('--weights', nargs='+', type=str, default=[default_weights()], help='model.pt path(s)')
+    parser.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int_at_least(1), default=[640, 640],
+                        help='image (h, w)')
+    parser.add_argument('--batch-size', type=int_at_least(1), default=1, help='batch size')
+    parser.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    parser.add_argument('--half', action='store_true', help='FP16 half-precision export (CUDA only)')
+    parser.add_argument('--inplace', action='store_true', help='set YOLOv5 Detect() inplace=True (same graph here)')
+    parser.add_argument('--keras', action='store_true', help='TF: use Keras (format not supported, ignored)')
+    parser.add_argument('--optimize', action='store_true',
+                        help='TorchScript: optimize for mobile (format not supported, ignored)')
+    parser.add_argument('--int8', action='store_true', help='CoreML/TF INT8 quantization (not supported, ignored)')
+    parser.add_argument('--dynamic', action='store_true', help='ONNX: dynamic axes (batch, height, width)')
+    parser.add_argument('--simplify', action='store_true',
+                        help='ONNX: simplify model (onnxruntime constant folding and redundant-node elimination)')
+    parser.add_argument('--opset', type=int_at_least(7), default=12, help='ONNX: opset version')
+    parser.add_argument('--verbose', action='store_true', help='TensorRT: verbose log (not supported, ignored)')
+    parser.add_argument('--workspace', type=int, default=4, help='TensorRT: workspace size (GB) (ignored)')
+    parser.add_argument('--nms', action='store_true', help='TF: add NMS to model (not supported, ignored)')
+    parser.add_argument('--agnostic-nms', action='store_true', help='TF: add agnostic NMS to model (ignored)')
+    parser.add_argument('--topk-per-class', type=int, default=100, help='TF.js NMS: topk per class to keep (ignored)')
+    parser.add_argument('--topk-all', type=int, default=100, help='TF.js NMS: topk for all classes to keep (ignored)')
+    parser.add_argument('--iou-thres', type=float, default=0.45, help='TF.js NMS: IoU threshold (ignored)')
+    parser.add_argument('--conf-thres', type=float, default=0.25, help='TF.js NMS: confidence threshold (ignored)')
+    parser.add_argument('--include', nargs='+', default=['onnx'],
+                        help=f"format(s): onnx (upstream's others, {', '.join(f for f in FORMATS if f != 'onnx')}, "
+                             'are not supported)')
+    opt = parser.parse_args(argv)
+    if len(opt.imgsz) > 2:
+        parser.error(f'--imgsz takes 1 or 2 values (size, or height width), got {len(opt.imgsz)}')
+    return opt
+
+
+def main(opt: argparse.Namespace) -> list[str]:
+    """Export every --weights file; user errors end the program with one 'ERROR: ...' line."""
+    set_logging()
+    LOGGER.info(colorstr('export: ') + ', '.join(f'{k}={v}' for k, v in vars(opt).items()))
+    files = []
+    try:
+        for w in opt.weights:
+            files += run(**{**vars(opt), 'weights': w})
+    except (CheckpointError, DeviceError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'ERROR: {e}') from None
+    return files
+
+
+if __name__ == '__main__':
+    main(parse_opt())
