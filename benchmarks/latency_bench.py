@@ -68,7 +68,7 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Cal
     try:
         import onnxruntime as ort
 
-        from export import export_onnx
+        from utils.export import export_onnx
     except ImportError:
         return None
     f = tmp / f"{name.replace(' ', '_').replace('%', '')}.onnx"

@@ -28,3 +28,18 @@ def test_onnx_bench_prints_ratio_table(capsys):
     assert rows[0]['ratio'] == 1.0 and rows[1]['ms_median'] >= rows[1]['ms'] > 0
     assert abs(rows[1]['sparsity'] - 0.5) < 0.01
     assert '| model | zeros in conv weights | batch x size | ms / batch (fastest) |' in out and '| 1 x 64 |' in out
+
+
+def test_latency_bench_prints_speedups(capsys):
+    from benchmarks import latency_bench
+
+    rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True)
+    out = capsys.readouterr().out
+    variants = {r['variant'] for r in rows}
+    assert variants == {'dense', 'weight 50%', 'channel l1', 'channel l1 r8'}
+    assert {r['backend'] for r in rows} == {'torch', 'onnxruntime'}
+    by = {(r['variant'], r['backend']): r for r in rows}
+    assert by[('dense', 'torch')]['speedup'] == 1.0
+    assert by[('channel l1', 'torch')]['gflops'] < 0.55 * by[('dense', 'torch')]['gflops']
+    assert by[('weight 50%', 'torch')]['params'] == by[('dense', 'torch')]['params']
+    assert 'speed-up' in out and 'yolov5n, batch 1 at 64 px' in out
