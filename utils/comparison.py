@@ -36,9 +36,16 @@ class Row:
     epochs: int = 0  # fine-tuning / DNS epochs spent after the dense model
     seed: int | None = None  # training seed of a fine-tuned / DNS row (None: no training)
     weights: str = ''
+    # Deep Compression rows (compare.py --share-weights): bits per shared index (0: not shared), entropy-coded
+    # .deep.pt size in MB and the ratios dense FP32 / FP16 .pt bytes over it
+    share_bits: int = 0
+    size_deep_mb: float = math.nan
+    ratio_fp32: float = math.nan
+    ratio_fp16: float = math.nan
 
 
 COLUMNS = [f.name for f in fields(Row)]
+DEEP_COLUMNS = ['share_bits', 'size_deep_mb', 'ratio_fp32', 'ratio_fp16']  # optional in a comparison.csv
 
 
 def _fmt(v: object) -> str:
@@ -67,6 +74,9 @@ def markdown(rows: list[Row]) -> str:
             'seed']
     head = ['method', 'scope', 'target', 'sparsity (conv)', 'sparsity (all)', 'P', 'R', 'mAP50', 'mAP50-95',
             'COCO AP', 'COCO AR@100', 'ms/img', 'batch', 'prec.', 'params', 'dense MB', 'compact MB', 'epochs', 'seed']
+    if any(not math.isnan(r.size_deep_mb) for r in rows):  # Deep Compression columns only where measured
+        cols += DEEP_COLUMNS
+        head += ['share bits', 'deep MB', 'x FP32', 'x FP16']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         d = asdict(r)
@@ -135,13 +145,13 @@ def read_csv(file: Path) -> list[Row]:
     rows = []
     with open(file, newline='') as f:
         reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or [])
+        missing = set(COLUMNS) - set(DEEP_COLUMNS) - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f'{file} is not a comparison.csv: missing columns {", ".join(sorted(missing))}')
         for d in reader:
             kw: dict[str, object] = {}
             for k in COLUMNS:
-                v, t = d[k], types[k]
+                v, t = d.get(k) or '', types[k]
                 if k == 'seed':
                     kw[k] = int(v) if v else None
                 elif t == 'float':

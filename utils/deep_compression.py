@@ -174,7 +174,11 @@ def decode_layers(inner: dict[str, Any], stream: np.ndarray) -> dict[str, Tensor
 
 def expand(deep: dict[str, Any], load_bytes) -> dict[str, Any]:
     """Inverse of `encode_checkpoint`: the release checkpoint with every coded weight decoded back in place."""
-    inner, stream = read_inner(deep, load_bytes)
+    return _fill(*read_inner(deep, load_bytes))
+
+
+def _fill(inner: dict[str, Any], stream: np.ndarray) -> dict[str, Any]:
+    """The inner dict's checkpoint with its coded weights decoded into the model."""
     ckpt = inner['ckpt']
     params = dict(ckpt['model'].named_parameters())
     for name, weight in decode_layers(inner, stream).items():
@@ -264,11 +268,11 @@ def deep_report(file: str | Path) -> DeepReport:
     raw = load(file, expand=False)
     if not is_deep(raw):
         raise ValueError(f'{file} is not a {SUFFIX} file')
-    inner, _ = read_inner(raw[DEEP_KEY], load_bytes)
+    inner, stream = read_inner(raw[DEEP_KEY], load_bytes)
     layers = [LayerSize(str(x['name']), int(np.prod(x['shape'], dtype=np.int64)), int(x['nnz']), len(x['codebook']),
                         8 * x['codebook'].element_size(), int(x['index_bits']), int(x['gap_bits']))
               for x in inner['layers']]
-    fp32, fp16 = dense_sizes(load(file))
+    fp32, fp16 = dense_sizes(_fill(inner, stream))
     return DeepReport(layers, file.stat().st_size, fp32, fp16)
 
 
