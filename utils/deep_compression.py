@@ -203,7 +203,7 @@ class LayerSize:
 
     @property
     def coded_bits(self) -> int:
-        """Indices + positions + codebook (Huffman tables are in the file's other bytes)."""
+        """Indices + positions + raw codebook bits (in the file the codebooks and tables are LZMA-compressed)."""
         return self.index_bits + self.gap_bits + self.codebook * self.dtype_bits
 
 
@@ -232,8 +232,9 @@ class DeepReport:
         per = max(nnz, 1)
         rows.append(f"{'coded weights':<32}{numel:>10}{nnz / max(numel, 1):>8.1%}{'':>6}{idx / per:>9.2f}"
                     f'{gap / per:>9.2f}{32 * numel / max(coded, 1):>8.1f}{16 * numel / max(coded, 1):>8.1f}')
-        rows.append(f'file: {self.file_bytes / 1e6:.4f} MB = {coded / 8e6:.4f} MB coded weights + '
-                    f'{(self.file_bytes - coded / 8) / 1e6:.4f} MB rest (structure, BN, biases, tables); '
+        rows.append(f'file: {self.file_bytes / 1e6:.4f} MB = {(idx + gap) / 8e6:.4f} MB Huffman streams + '
+                    f'{(self.file_bytes - (idx + gap) / 8) / 1e6:.4f} MB LZMA payload (codebooks, tables, structure, '
+                    f'BN, biases); '
                     f'dense FP32 .pt {self.fp32_bytes / 1e6:.3f} MB ({self.ratio_fp32:.1f}x), '
                     f'dense FP16 .pt {self.fp16_bytes / 1e6:.3f} MB ({self.ratio_fp16:.1f}x)')
         return '\n'.join(rows)
