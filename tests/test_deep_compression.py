@@ -125,7 +125,7 @@ def test_report_counts_and_ratios(deep_file):
     assert len(r.layers) == 60 and r.file_bytes == file.stat().st_size
     for s in r.layers:
         assert s.numel == reference[s.name].numel() and s.nnz == int((reference[s.name] != 0).sum())
-        assert s.codebook <= 8 and s.index_bits <= 3 * s.nnz  # Huffman never beats... never exceeds fixed 3 bits
+        assert s.codebook <= 8 and s.index_bits <= 3 * s.nnz  # Huffman is optimal: never longer than a 3-bit code
     assert r.fp32_bytes > r.fp16_bytes > r.file_bytes and r.ratio_fp32 == r.fp32_bytes / r.file_bytes
     coded = sum(s.coded_bits for s in r.layers) / 8
     assert coded < r.file_bytes
