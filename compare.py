@@ -7,6 +7,7 @@ Usage:
     python compare.py --amounts 0.5 0.7 --scopes global --seeds 0 1 2     # trained rows per seed + mean ± std
     python compare.py --from-csv runs/val/compare/comparison.csv runs/val/compare2/comparison.csv   # one table
     python compare.py --structured --seeds 0 1 2        # channel pruning: latency, GFLOPs, mAP (see run_structured)
+    python compare.py --share-weights dns70.pt --share-bits 3 4 5          # Deep Compression rows only
 
 Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
 --finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
@@ -18,6 +19,11 @@ and the per-seed (paired) difference DNS - one-shot+ft.
 
 --structured compares channel pruning instead (physically smaller models): `run_structured` lists the rows; every
 row's latency is measured at the end in one interleaved session, and comparison.png plots mAP50-95 against it.
+
+Deep Compression (--share-weights, then only these rows): for each given sparse model, the model itself ('sparse'),
+and per --share-bits B one-shot weight sharing ('shared B-bit', k-means, no training) and weight sharing with
+--share-epochs of centroid fine-tuning ('shared B-bit+ft', train.py --share-bits B); each also written as the
+entropy-coded .deep.pt (deep MB) with its size ratio to the dense FP32 and FP16 .pt files.
 """
 from __future__ import annotations
 
@@ -38,11 +44,13 @@ import val as validate
 from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
 from utils.comparison import Row, merge, read_csv, write_all
+from utils.deep_compression import deep_report, export_deep, release_checkpoint
 from utils.dataloaders import check_dataset
 from utils.downloads import DownloadError, attempt_download
 from utils.cli import float_in, int_at_least
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
+from utils.weight_sharing import share_weights
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 
@@ -83,6 +91,23 @@ def finetune(dense: Path, amount: float, opt: argparse.Namespace, save_dir: Path
                 dns_surgery_epochs=None if surgery else 0,  # None: train.py's default, the first half of the epochs
                 project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
                 noautoanchor=True, seed=seed)
+    return save_dir / 'train' / name / 'weights' / 'last.pt'
+
+
+def add_deep_size(file: Path, row: Row) -> Row:
+    """Write ``file``'s entropy-coded .deep.pt; fill the row's deep MB and size ratios."""
+    report = deep_report(export_deep(file))
+    row.size_deep_mb, row.ratio_fp32, row.ratio_fp16 = report.file_bytes / 1e6, report.ratio_fp32, report.ratio_fp16
+    return row
+
+
+def share_finetune(weights: Path, bits: int, opt: argparse.Namespace, save_dir: Path) -> Path:
+    """train.py --share-bits: weight sharing of ``weights`` + --share-epochs of centroid fine-tuning; last.pt."""
+    name = f'{weights.stem}-shared{bits}'
+    trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=opt.share_epochs, imgsz=opt.imgsz,
+                batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, share_bits=bits,
+                project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
+                noautoanchor=True, seed=opt.seeds[0])
     return save_dir / 'train' / name / 'weights' / 'last.pt'
 
 
@@ -240,6 +265,27 @@ def run(opt: argparse.Namespace) -> list[Row]:
                    f'Made by `python {" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py --structured"}` '
                    f'in {time.time() - t0:.0f} s on {where}.')
         return publish(rows, save_dir, caption, structured=True)
+    if opt.share_weights:
+        for w in map(Path, opt.share_weights):
+            model = release_checkpoint(load(w))['model'].float()
+            target = round(sparsity(model).prunable, 2)
+            add_deep_size(models_dir / f'{w.stem}.pt', one(model, Row('sparse', '-', target), w.stem))
+            for b in opt.share_bits:
+                shared = release_checkpoint(load(w))['model'].float()
+                share_weights(shared, b)
+                stem = f'{w.stem}-shared{b}'
+                add_deep_size(models_dir / f'{stem}.pt', one(shared, Row(f'shared {b}-bit', '-', target, share_bits=b),
+                                                             stem))
+                if opt.share_epochs > 0:
+                    last = share_finetune(w, b, opt, save_dir)
+                    row = Row(f'shared {b}-bit+ft', '-', target, epochs=opt.share_epochs, seed=opt.seeds[0],
+                              share_bits=b)
+                    add_deep_size(models_dir / f'{stem}-ft.pt', one(attempt_load(last, fuse=False), row, f'{stem}-ft'))
+        return publish(rows, save_dir, f'Deep Compression rows of {" ".join(opt.share_weights)}: '
+                                       f'{opt.share_epochs} epochs of centroid fine-tuning, hyp {Path(opt.hyp).name}, '
+                                       f'{Path(opt.data).name}, {opt.imgsz} px. Made by `python '
+                                       f'{" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}`'
+                                       f' in {time.time() - t0:.0f} s.')
     one(attempt_load(dense, fuse=False), Row('dense'), 'dense')
     for scope in opt.scopes:
         for a in opt.amounts:
@@ -309,6 +355,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='--structured: add Torch-Pruning (pip install torch-pruning) at the same FLOPs + fine-tuning')
     p.add_argument('--latency-img', type=int_at_least(32), default=640, help='--structured: latency image size')
     p.add_argument('--latency-repeats', type=int_at_least(1), default=10, help='--structured: timing rounds')
+    p.add_argument('--share-weights', nargs='+', default=[], metavar='W',
+                   help='Deep Compression rows only: sparse (pruned / DNS) checkpoints to weight-share and entropy-code')
+    p.add_argument('--share-bits', nargs='+', type=trainer.share_bits, default=[3, 4, 5],
+                   help='--share-weights: bits per shared index, 2^B centroids per layer')
+    p.add_argument('--share-epochs', type=int_at_least(0), default=1,
+                   help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
     p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
                    help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')

@@ -5,6 +5,7 @@ Usage (flags, output folders and numbers as upstream YOLOv5 v7.0):
     python train.py --data coco128.yaml --weights yolov5s.pt --img 640
     python train.py --resume                                   # continue the latest run under --project
     python train.py --weights best.pt --dns --target-sparsity 0.5    # fine-tune into a 50% sparse model
+    python train.py --weights sparse.pt --share-bits 4 --epochs 1     # share 16 values per layer, tune the centroids
     python -m torch.distributed.run --nproc_per_node 2 train.py --batch-size 32 ...   # DDP (NCCL, or gloo on CPU)
 
 Outputs in runs/train/exp*/: weights/last.pt and best.pt, results.csv, results.png, labels.jpg,
@@ -52,9 +53,9 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, device_info, init_seeds,
                                select_device, smart_optimizer, sparsity, torch_distributed_zero_first)
 from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingError, any_rank, append_results,
-                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, make_slimming, multi_scale,
-                               opt_dict, restore_training_state, resume_opt, save_training_checkpoint, warmup,
-                               warmup_accumulate)
+                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, make_sharing, make_slimming,
+                               multi_scale, opt_dict, restore_training_state, resume_opt, save_training_checkpoint,
+                               warmup, warmup_accumulate)
 
 TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
@@ -146,6 +147,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     nw = max(round(hyp['warmup_epochs'] * nb), 100)  # warmup iterations
     dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if resume else None) if opt.dns else None
     slim = make_slimming(model, opt.slim) if opt.slim else None
+    share = make_sharing(model, opt, ckpt.get('share') if resume else None, ema) if opt.share_bits else None
     report_sparsity = dns is not None or float(sparsity(m)) >= 0.01
     dns_seen = {}  # DNS pruned/spliced totals at the last epoch end
     del ckpt
@@ -200,13 +202,15 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 if diverged:
                     raise TrainingError(f'non-finite loss at epoch {epoch} iteration {i}; ' + (
                         f'last good checkpoint kept at {last}' if last.exists() else 'no checkpoint was saved yet'))
-                save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, dns)
+                save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, dns, share)
                 raise Interrupted(stop.received or signal.SIGTERM, f'Training interrupted at epoch {epoch} iteration '
                                   f'{i}; saved {last}; continue with: python train.py --resume {last}')
             scaler.scale(loss).backward()
 
             if ni - last_opt_step >= accumulate:
                 scaler.unscale_(optimizer)  # true gradients for clipping (and anything else that reads them)
+                if share:
+                    share.before_step()  # weight sharing: grad <- sum over the cluster (clipped below, as stepped)
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
                 if slim:
                     slim.before_step()  # network slimming: gamma.grad += lambda * sign(gamma)
@@ -217,6 +221,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 optimizer.zero_grad()
                 if dns:
                     dns.after_step()  # sparsity hook: maybe update masks T; parameters <- W * T
+                if share:
+                    share.after_step()  # centroid <- its members' (equal) value; weights <- codebook[index]
                 if ema:
                     ema.update(model)
                 last_opt_step = ni
@@ -239,6 +245,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
             if dns:
                 dns.apply_to(ema.ema)  # evaluate and save EMA * T: masks are never averaged
+            if share:
+                share.apply_to(ema.ema)  # exactly 2^B values per layer in what is evaluated and saved
             final_epoch = epoch + 1 == epochs or epoch - stopper.best_epoch >= stopper.patience
             if not opt.noval or final_epoch:
                 results, maps, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
@@ -256,7 +264,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 files = [last] + [best] * (best_fitness == fi)
                 files += [w / f'epoch{epoch}.pt'] * (opt.save_period > 0 and epoch % opt.save_period == 0)
                 save_training_checkpoint(files, model, ema, optimizer, epoch, best_fitness, opt,
-                                         **({'dns': dns.state_dict()} if dns else {}))
+                                         **method_state(dns, share))
 
         if rank != -1:  # every rank stops early together (rank 0 decides)
             decision = [stop_early]
@@ -275,6 +283,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 LOGGER.warning(f'WARNING ⚠️ training stopped before the end of the DNS surgery phase '
                                f'(--dns-surgery-epochs {opt.dns_surgery_epochs}): the saved masks are '
                                f'{dns.sparsity:.1%} sparse, not the target {opt.target_sparsity:.1%}')
+        if share:
+            LOGGER.info(f"{colorstr('weight sharing: ')}codebooks per layer\n{share.layer_table()}")
         for f in last, best:
             if f.exists():
                 strip_optimizer(f)
@@ -380,8 +390,13 @@ def sparsity_columns(model: nn.Module, dns, seen: dict[str, int]) -> dict[str, f
     return dict(zip(DNS_COLUMNS, (float(r), pruned, spliced)))
 
 
+def method_state(dns, share) -> dict:
+    """Extra checkpoint keys for --resume: 'dns' (masks) and/or 'share' (codebooks and indices)."""
+    return {**({'dns': dns.state_dict()} if dns else {}), **({'share': share.state_dict()} if share else {})}
+
+
 def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
-                     epoch: int, i: int, best_fitness: float, opt: argparse.Namespace, dns) -> None:
+                     epoch: int, i: int, best_fitness: float, opt: argparse.Namespace, dns, share=None) -> None:
     """Rank 0 saves the state after the last completed iteration as last.pt.
 
     It is recorded as the end of epoch-1, so --resume re-runs epoch ``epoch`` (from these weights).
@@ -391,9 +406,10 @@ def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimiz
     ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
     if dns:
         dns.apply_to(ema.ema)
+    if share:
+        share.apply_to(ema.ema)
     save_training_checkpoint([last], model, ema, optimizer, epoch - 1, best_fitness, opt,
-                             interrupted={'epoch': epoch, 'iteration': i},
-                             **({'dns': dns.state_dict()} if dns else {}))
+                             interrupted={'epoch': epoch, 'iteration': i}, **method_state(dns, share))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -478,7 +494,19 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
              'prunable channels; then prune with --prune-granularity channel --prune-importance bn')
     add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
     add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
+    # Deep Compression weight sharing (utils/weight_sharing.py)
+    add('--share-bits', type=share_bits, default=None,
+        help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
+             'fine-tune the centroids; 2 <= B <= 8')
     return parser.parse_args(argv)
+
+
+def share_bits(s: str) -> int:
+    """argparse type for --share-bits: bits per centroid index, 2..8."""
+    v = int_at_least(2)(s)
+    if v > 8:
+        raise argparse.ArgumentTypeError(f'must be an integer from 2 to 8 (4 to 256 shared values per layer), got {s}')
+    return v
 
 
 DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'constant',
@@ -515,6 +543,18 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
         raise TrainingError(f'--dns-surgery-epochs {opt.dns_surgery_epochs} exceeds --epochs {opt.epochs}')
 
 
+def check_share_opt(opt: argparse.Namespace) -> None:
+    """--share-bits fine-tunes the centroids of trained (usually pruned) weights with fixed masks: it needs
+    --weights, and it comes after DNS rather than with it (DNS changes the masks the codebooks are built on)."""
+    if opt.share_bits is None:
+        return
+    if opt.dns:
+        raise TrainingError('--share-bits and --dns do not combine: train with --dns first, then run '
+                            '--share-bits with --weights set to its best.pt (weight sharing keeps the masks fixed)')
+    if not opt.weights:
+        raise TrainingError('--share-bits needs --weights: the trained (e.g. pruned) model whose weights to share')
+
+
 def resolve_opt(opt: argparse.Namespace) -> argparse.Namespace:
     """The options to train with: a resumed run's own options, or the command line's, checked."""
     if opt.resume:
@@ -532,6 +572,7 @@ def resolve_opt(opt: argparse.Namespace) -> argparse.Namespace:
     if not opt.cfg and not opt.weights:
         opt.cfg = str(ROOT / 'models' / 'yolov5n.yaml')
     check_dns_opt(opt)
+    check_share_opt(opt)
     opt.data, opt.cfg, opt.hyp, opt.weights, opt.project = (str(x) for x in (opt.data, opt.cfg, opt.hyp, opt.weights,
                                                                              opt.project))
     opt.save_dir = ''  # set in main() on rank 0

@@ -7,6 +7,7 @@ one-line ``CheckpointError`` naming it, before anything is executed.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -53,42 +54,62 @@ def _allowed_globals() -> list:
 _UNSAFE = re.compile(r'GLOBAL\s+([\w.]+)')
 
 
-def load(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
-    """Load a YOLOv5 checkpoint dict without executing arbitrary code.
-
-    Raises CheckpointError (one line) for a missing file, a refused global or a corrupt file.
-    Compact checkpoints (``save(..., compact=True)``) are expanded transparently to the dense form.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint not found: {path}')
+def _torch_load(source: Any, label: str, map_location: str | torch.device) -> Any:
+    """torch.load with the allow-list; every failure becomes a one-line CheckpointError naming ``label``."""
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = _UNSAFE.search(msg)
         if not m:  # no refused global: the bytes are not a pickle torch can read (a text file, random bytes...)
             why = re.search(r'WeightsUnpickler error:\s*(\S.*)', msg)
-            raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint'
+            raise CheckpointError(f'cannot read checkpoint {label}: not a PyTorch checkpoint'
                                   f'{f" ({why.group(1).strip()})" if why else ""}') from None
         what = m.group(1)
         if m and '.' not in what:  # torch names builtins without their module
             what = f'builtins.{what}'
-        raise CheckpointError(f'refusing to load {path}: it references {what}, which is not part of a '
+        raise CheckpointError(f'refusing to load {label}: it references {what}, which is not part of a '
                               f'YOLOv5 checkpoint (only allow-listed torch/numpy/models.* classes are loaded)') from None
     except (KeyError, IndexError, TypeError) as e:  # torch's unpickler on garbage, e.g. a short text file
-        raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({type(e).__name__} {e})') from None
+        raise CheckpointError(f'cannot read checkpoint {label}: not a PyTorch checkpoint ({type(e).__name__} {e})') from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'cannot read checkpoint {path}: {first}') from None
+        raise CheckpointError(f'cannot read checkpoint {label}: {first}') from None
+
+
+def load_bytes(data: bytes, map_location: str | torch.device = 'cpu') -> Any:
+    """``torch.load`` of an in-memory checkpoint through the same allow-list as ``load`` (no expansion)."""
+    return _torch_load(io.BytesIO(data), 'in memory', map_location)
+
+
+def load(path: str | Path, map_location: str | torch.device = 'cpu', expand: bool = True) -> dict[str, Any]:
+    """Load a YOLOv5 checkpoint dict without executing arbitrary code.
+
+    Raises CheckpointError (one line) for a missing file, a refused global or a corrupt file.
+    Compact checkpoints (``save(..., compact=True)``) and entropy-coded ``.deep.pt`` files
+    (utils/deep_compression.py) are expanded transparently to the dense form (``expand=False``: as stored).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    ckpt = _torch_load(path, str(path), map_location)
     if not isinstance(ckpt, dict):
         ckpt = {'model': ckpt}
+    if not expand:
+        return ckpt
     if SPARSE_KEY in ckpt:
         try:
             _expand(ckpt)
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f'corrupt compact weights in {path}: {e}') from None
+    from utils.deep_compression import DEEP_KEY, expand as expand_deep
+
+    if DEEP_KEY in ckpt:
+        try:
+            ckpt = expand_deep(ckpt[DEEP_KEY], lambda data: load_bytes(data, map_location))
+        except (CheckpointError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise CheckpointError(f'corrupt deep-compressed checkpoint {path}: {e}') from None
     return ckpt
 
 

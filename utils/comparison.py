@@ -38,10 +38,17 @@ class Row:
     weights: str = ''
     gflops: float = math.nan  # at 640 px (torch's flop counter, 2 x MACs like upstream)
     latency_ms: float = math.nan  # measured in one interleaved session over all rows (see compare.py --structured)
+    # Deep Compression rows (compare.py --share-weights): bits per shared index (0: not shared), entropy-coded
+    # .deep.pt size in MB and the ratios dense FP32 / FP16 .pt bytes over it
+    share_bits: int = 0
+    size_deep_mb: float = math.nan
+    ratio_fp32: float = math.nan
+    ratio_fp16: float = math.nan
 
 
 COLUMNS = [f.name for f in fields(Row)]
-OPTIONAL = ('gflops', 'latency_ms')  # columns added later: older comparison.csv files lack them
+DEEP_COLUMNS = ['share_bits', 'size_deep_mb', 'ratio_fp32', 'ratio_fp16']  # optional in a comparison.csv
+OPTIONAL = ('gflops', 'latency_ms', *DEEP_COLUMNS)  # columns added later: older comparison.csv files lack them
 
 
 def _fmt(v: object) -> str:
@@ -70,6 +77,9 @@ def markdown(rows: list[Row]) -> str:
             'seed']
     head = ['method', 'scope', 'target', 'sparsity (conv)', 'sparsity (all)', 'P', 'R', 'mAP50', 'mAP50-95',
             'COCO AP', 'COCO AR@100', 'ms/img', 'batch', 'prec.', 'params', 'dense MB', 'compact MB', 'epochs', 'seed']
+    if any(not math.isnan(r.size_deep_mb) for r in rows):  # Deep Compression columns only where measured
+        cols += DEEP_COLUMNS
+        head += ['share bits', 'deep MB', 'x FP32', 'x FP16']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         d = asdict(r)
@@ -144,7 +154,7 @@ def read_csv(file: Path) -> list[Row]:
         for d in reader:
             kw: dict[str, object] = {}
             for k in COLUMNS:
-                v, t = d.get(k, ''), types[k]
+                v, t = d.get(k) or '', types[k]
                 if k == 'seed':
                     kw[k] = int(v) if v else None
                 elif t == 'float':

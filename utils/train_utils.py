@@ -307,3 +307,29 @@ def make_slimming(model: nn.Module, lam: float):
     LOGGER.info(f'Network slimming: L1 penalty {lam:g} * sum|gamma| on {len(slim.gammas)} BatchNorm layers '
                 f'({slim.gamma_summary()})')
     return slim
+
+
+# ---------------------------------------------------------------------------------------------- weight sharing
+def make_sharing(model: nn.Module, opt: argparse.Namespace, state: dict | None = None, ema: Any = None):
+    """The weight-sharing object for ``model`` (2^--share-bits centroids per Conv layer, utils/weight_sharing.py).
+
+    A new run clusters the model's current non-zero weights (k-means, linear init); ``state`` (ckpt['share'])
+    restores codebooks and indices on --resume. The EMA copy is shared with the same indices.
+    """
+    from utils.weight_sharing import WeightSharing
+
+    if state is None and opt.resume:
+        raise TrainingError("--resume of a --share-bits run needs the checkpoint's 'share' state, which is missing")
+    try:
+        share = WeightSharing(model, bits=opt.share_bits)
+        if state is not None:
+            share.load_state_dict(state)
+        if ema is not None:
+            share.apply_to(ema.ema)
+    except ValueError as e:
+        raise TrainingError(f'weight sharing: {e}') from None
+    nnz = sum(int((i != share.k).sum()) for i in share.index)
+    LOGGER.info(f"{'Resumed' if state else 'Started'} weight sharing: {share.k} centroids per layer "
+                f'({opt.share_bits} bits) on {len(share.names)} weight tensors, {nnz} non-zero weights; '
+                f'centroids fine-tuned with the summed gradients of their weights, zeros fixed')
+    return share

@@ -1,0 +1,245 @@
+"""Weight sharing (Deep Compression, stage two): per layer a codebook of 2^b centroids and an index per weight.
+
+Han, Mao, Dally, "Deep Compression", ICLR 2016 (arXiv 1510.00149), section 3. For every Conv2d/Linear weight
+(utils.sparsity.prunable_layers) the non-zero entries are clustered by 1-D k-means into 2^b clusters, starting
+from centroids spaced linearly between their min and max (the paper's best initialisation: it keeps the few large
+weights, which matter most, represented). Zeros stay zeros: they form an extra, fixed cluster with value 0, so
+the sparsity pattern (the masks) never changes.
+
+The codebook + index is the truth; the float weights are derived from it (weight = codebook[index], 0 in the zero
+cluster), like a pruning mask next to its weight.
+
+Centroid fine-tuning (`WeightSharing` hooks, train.py --share-bits) uses the paper's rule: the gradient of a
+centroid is the sum of the gradients of the weights that share it. The centroids are not separate parameters:
+before the optimizer step every member weight's gradient is replaced by the sum over its cluster (0 in the
+zero cluster). Members start equal and get equal gradients, weight decay and optimizer state, so an elementwise
+optimizer (SGD, Adam) moves them exactly like one parameter holding the centroid; after the step the centroid
+is read back as the mean of its members (exact when they are equal) and written to all of them. So the
+optimizer, its param groups and state, GradScaler, gradient accumulation, EMA and `state_dict()` see a plain
+model whose weights take at most 2^b non-zero values per layer, and a saved checkpoint loads anywhere.
+
+How train.py calls it (next to DNS's hooks, see utils/dns.py):
+
+    share = WeightSharing(model, bits=4)              # after the model is on its device; k-means on its weights
+    if resume: share.load_state_dict(ckpt['share'])
+    share.apply_to(ema.ema)                           # the EMA starts from the shared weights
+    ...
+    scaler.scale(loss).backward()
+    if ni - last_opt_step >= accumulate:
+        scaler.unscale_(optimizer)
+        share.before_step()                           # grad <- sum of the cluster's grads (before clipping, so
+        clip_grad_norm_(model.parameters(), 10.0)     #   the clip bounds the centroid steps actually taken)
+        scaler.step(optimizer); scaler.update(); optimizer.zero_grad()
+        share.after_step()                            # centroid <- mean of members; weights <- codebook[index]
+        ema.update(model)
+    # end of epoch, before val and save:
+    share.apply_to(ema.ema); ckpt['share'] = share.state_dict()
+
+DDP: gradients are all-reduced before the hooks; after_step broadcasts each layer's codebook from rank 0, so
+every rank holds identical centroids even when the summed gradients differ in the last bit (CUDA atomics).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from utils.sparsity import prunable_layers, unwrap_model
+
+BITS = range(2, 9)  # allowed bits per index: 4 .. 256 centroids per layer
+
+
+def kmeans_1d(values: Tensor, k: int, max_iter: int = 300) -> tuple[Tensor, Tensor]:
+    """1-D k-means (Lloyd) with linear initialisation: returns (centroids float64 [k] ascending, assignment int64).
+
+    Deterministic, and cheap in 1-D: the distinct values are sorted once, every cluster is then a contiguous run
+    of them (between midpoints of neighbouring centroids; a value on a midpoint joins the lower cluster) and its
+    mean comes from prefix sums. Centroids start at linspace(min, max, k); an empty cluster keeps
+    its centroid. Stops when no value changes cluster (or after ``max_iter`` rounds). Computed in float64 on CPU.
+    """
+    x = values.detach().reshape(-1).to('cpu', torch.float64)
+    if k < 1:
+        raise ValueError(f'k-means needs k >= 1 clusters, got {k}')
+    if x.numel() == 0:
+        return torch.zeros(k, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+    # equal values always share a cluster: iterate over the distinct values with their counts (weights read from an
+    # FP16 checkpoint have at most 65536), sorted ascending
+    xs, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    n_before = torch.cat([zero, counts.double().cumsum(0)])  # values before each distinct value
+    sum_before = torch.cat([zero, (xs * counts).cumsum(0)])
+    centroids = torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64)
+    last = torch.tensor([xs.numel()])
+    edges = None
+    for _ in range(max_iter):
+        # cluster j holds the values in (mid[j-1], mid[j]]: a contiguous run of the sorted distinct values
+        mid = (centroids[1:] + centroids[:-1]) / 2
+        new_edges = torch.cat([torch.zeros(1, dtype=torch.int64), torch.searchsorted(xs, mid, right=True), last])
+        if edges is not None and torch.equal(new_edges, edges):
+            break
+        edges = new_edges
+        n = n_before[edges[1:]] - n_before[edges[:-1]]
+        centroids = torch.where(n > 0, (sum_before[edges[1:]] - sum_before[edges[:-1]]) / n.clamp(min=1), centroids)
+    cluster_of_value = torch.repeat_interleave(torch.arange(k), edges[1:] - edges[:-1])
+    assignment = cluster_of_value[inverse]
+    return centroids, assignment
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class WeightSharing:
+    """2^bits shared values per Conv2d/Linear weight of ``model``, with the hooks of centroid fine-tuning.
+
+    Per managed weight (in `names` order): `codebooks[i]` (float32, 2^bits centroids, on the weight's device) and
+    `index[i]` (int32, the weight's shape; values 0..K-1 pick a centroid, K marks a zero). Construction runs
+    k-means on the current non-zero weights and writes the shared values into the model. See the module docstring
+    for where the hooks go in a training step.
+    """
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        if bits not in BITS:
+            raise ValueError(f'weight sharing needs 2 <= bits <= 8 (4 to 256 centroids per layer), got {bits}')
+        layers = prunable_layers(model)
+        if not layers:
+            raise ValueError('weight sharing found no Conv2d/Linear layers in the model')
+        self.bits, self.k = bits, 1 << bits
+        self.layer_names = [name for name, _ in layers]
+        self.names = [f'{name}.weight' if name else 'weight' for name in self.layer_names]
+        self.modules = [module for _, module in layers]
+        self.codebooks, self.index = [], []
+        for module in self.modules:
+            w = module.weight.detach()
+            keep = (w != 0).cpu()
+            centroids, assignment = kmeans_1d(w.cpu()[keep], self.k)
+            index = torch.full(w.shape, self.k, dtype=torch.int32)
+            index[keep] = assignment.to(torch.int32)
+            self.codebooks.append(centroids.to(w.device, torch.float32))
+            self.index.append(index.to(w.device))
+        self._count_members()
+        self._write(self.modules)
+
+    # ---- the two hooks around optimizer.step() ----
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Replace each managed weight's gradient by the sum of its cluster's gradients (0 for zero weights)."""
+        for module, index in zip(self.modules, self.index):
+            g = module.weight.grad
+            if g is None:
+                continue
+            flat = index.view(-1)
+            sums = torch.zeros(self.k + 1, dtype=torch.float32, device=g.device).index_add_(0, flat, g.view(-1).float())
+            sums[self.k] = 0  # the zero cluster never moves: masks stay fixed
+            g.copy_(sums[flat].view_as(g))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Read each centroid back as the mean of its members, make ranks agree (DDP), rewrite the weights."""
+        self._read(self.modules, broadcast=_distributed())
+        self._write(self.modules)
+
+    # ---- other models (EMA) ----
+
+    @torch.no_grad()
+    def apply_to(self, model: nn.Module) -> None:
+        """Share the weights of a model with the same layers (the EMA copy): each cluster takes its members' mean.
+
+        Only that model changes (its own centroids are the means of its own weights, e.g. EMA-averaged ones);
+        this object's codebooks are untouched.
+        """
+        found = dict(unwrap_model(model).named_modules())
+        modules = []
+        for name, index in zip(self.layer_names, self.index):
+            weight = getattr(found.get(name), 'weight', None)
+            if weight is None or weight.shape != index.shape:
+                raise ValueError(f'WeightSharing.apply_to: model has no weight {name}.weight of shape '
+                                 f'{tuple(index.shape)}')
+            modules.append(found[name])
+        self._write(modules, self._means(modules))
+
+    # ---- codebook <-> weights ----
+
+    def _count_members(self) -> None:
+        self._members = [torch.bincount(index.view(-1).long(), minlength=self.k + 1).double() for index in self.index]
+
+    def _means(self, modules: list[nn.Module]) -> list[Tensor]:
+        """Per layer: the mean (float64) of the member weights of each cluster; a cluster without members keeps
+        this object's centroid."""
+        out = []
+        for module, index, count, codebook in zip(modules, self.index, self._members, self.codebooks):
+            w = module.weight.detach()
+            sums = torch.zeros(self.k + 1, dtype=torch.float64, device=w.device).index_add_(0, index.view(-1),
+                                                                                               w.view(-1).double())
+            means = sums[:self.k] / count[:self.k].clamp(min=1)  # exact when the members are equal (see module doc)
+            out.append(torch.where(count[:self.k] > 0, means, codebook.double()))
+        return out
+
+    def _read(self, modules: list[nn.Module], broadcast: bool = False) -> None:
+        """codebooks <- the member means of ``modules``' weights (rank 0's under DDP when ``broadcast``)."""
+        for i, means in enumerate(self._means(modules)):
+            c = means.float()
+            if broadcast:
+                dist.broadcast(c, src=0)
+            self.codebooks[i] = c
+
+    def _write(self, modules: list[nn.Module], codebooks: list[Tensor] | None = None) -> None:
+        """weights <- codebook[index] (0 in the zero cluster), in the weights' dtype."""
+        with torch.no_grad():
+            for module, index, codebook in zip(modules, self.index, codebooks or self.codebooks):
+                w = module.weight
+                table = torch.cat([codebook.to(w.device, w.dtype), torch.zeros(1, dtype=w.dtype, device=w.device)])
+                w.copy_(table[index.long()])
+
+    def weights(self) -> list[Tensor]:
+        """The derived weights codebook[index] (float32, zeros in place), one per managed layer."""
+        return [torch.cat([c, c.new_zeros(1)])[i.long()] for c, i in zip(self.codebooks, self.index)]
+
+    # ---- reports ----
+
+    def layer_table(self) -> str:
+        """Per-layer table: name, shape, non-zero weights, centroids in use, centroid range; then the total."""
+        rows = [f"{'layer':<40}{'shape':>22}{'non-zero':>12}{'clusters':>10}{'min':>11}{'max':>11}"]
+        total, used_total = 0, 0
+        for name, index, count, codebook in zip(self.names, self.index, self._members, self.codebooks):
+            used = count[:self.k] > 0
+            nnz = int(count[:self.k].sum())
+            c = codebook[used.to(codebook.device)]
+            lo, hi = (f'{float(c.min()):>11.4g}', f'{float(c.max()):>11.4g}') if c.numel() else ('-' * 11, '-' * 11)
+            rows.append(f"{name:<40}{'x'.join(map(str, index.shape)):>22}{nnz:>12}{int(used.sum()):>10}{lo}{hi}")
+            total, used_total = total + nnz, used_total + int(used.sum())
+        rows.append(f"{f'total ({self.bits} bits, {self.k} centroids per layer)':<62}{total:>12}{used_total:>10}")
+        return '\n'.join(rows)
+
+    # ---- checkpoints (--resume) ----
+
+    def state_dict(self) -> dict:
+        """CPU state: bits, float32 codebooks and int16 indices (K = zero) by parameter name."""
+        return {'bits': self.bits,
+                'codebooks': {n: c.to('cpu', copy=True) for n, c in zip(self.names, self.codebooks)},
+                'index': {n: i.to('cpu', torch.int16) for n, i in zip(self.names, self.index)}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()` and write its shared values into the model (one-line ValueError on mismatch)."""
+        if int(state.get('bits', -1)) != self.bits:
+            raise ValueError(f"weight sharing state has {state.get('bits')} bits, this run {self.bits}")
+        codebooks, index = state['codebooks'], state['index']
+        if set(index) != set(self.names) or set(codebooks) != set(self.names):
+            raise ValueError(f'weight sharing state holds {len(index)} weights that do not match this model '
+                             f'({len(self.names)} Conv2d/Linear weights)')
+        for i, (name, old) in enumerate(zip(self.names, self.index)):
+            if index[name].shape != old.shape or codebooks[name].shape != (self.k,):
+                raise ValueError(f'weight sharing state for {name} does not match the model weight {tuple(old.shape)}')
+            if int(index[name].min()) < 0 or int(index[name].max()) > self.k:
+                raise ValueError(f'weight sharing state for {name} has indices outside 0..{self.k}')
+            self.index[i] = index[name].to(old.device, torch.int32)
+            self.codebooks[i] = codebooks[name].to(self.codebooks[i].device, torch.float32)
+        self._count_members()
+        self._write(self.modules)
+
+
+def share_weights(model: nn.Module, bits: int) -> WeightSharing:
+    """One-shot weight sharing: k-means on each Conv2d/Linear weight of ``model`` (in place); returns the codebooks."""
+    return WeightSharing(model, bits)
