@@ -1,9 +1,10 @@
-"""Export a YOLOv5 PyTorch model to ONNX (upstream v7.0 export.py flags; ONNX is the one format written here).
+"""Export a YOLOv5 PyTorch model to ONNX (upstream v7.0 export.py flags) or to this project's entropy-coded form.
 
 Usage:
     python export.py --weights best.pt --include onnx --img 256                 # best.onnx next to best.pt
     python export.py --weights best.pt --img 640 --dynamic --simplify           # any batch size / image size
     python export.py --weights a.pt b.pt --img 256 --batch-size 8 --half --device 0   # FP16 (CUDA only)
+    python export.py --weights sparse.pt --include deep                         # sparse.deep.pt (Deep Compression)
 
 Inference with the exported file (ONNX Runtime, or OpenCV DNN with --dnn):
     python val.py --weights best.onnx --img 256
@@ -25,7 +26,7 @@ import torch
 from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import int_at_least
-from utils.export import FORMATS, PREFIX, check_include, detect_head, export_onnx
+from utils.export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
 from utils.torch_utils import DeviceError, select_device
 
@@ -53,7 +54,8 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         simplify: bool = False,  # onnxruntime basic graph optimizations
         opset: int = 12,
         **other_format_flags) -> list[str]:
-    """Export ``weights`` to ``<weights>.onnx``; returns the written file names.
+    """Export ``weights`` to ``<weights>.onnx`` (--include onnx) and/or ``<weights>.deep.pt`` (--include deep: the
+    entropy-coded Deep Compression form, utils/deep_compression.py); returns the written file names.
 
     Raises ValueError (bad flag combination or format), CheckpointError (unreadable weights, onnx missing),
     DeviceError; ``main`` turns them into one 'ERROR: ...' line.
@@ -67,6 +69,12 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
     file = Path(weights)
     if file.suffix.lower() == '.onnx':
         raise ValueError(f'{file} is already an ONNX file: pass the .pt checkpoint it came from')
+    written = []
+    if 'deep' in include:  # entropy-coded checkpoint: shared weights and sparse positions Huffman-coded
+        from utils.deep_compression import export_deep
+        written.append(str(export_deep(weights)))
+        if include == ['deep']:
+            return written
     device = select_device(device)
     if half and device.type == 'cpu':
         LOGGER.info('--half is only supported on CUDA: exporting FP32')
@@ -97,7 +105,7 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
                 f'\nDetect:          python detect.py --weights {f}{h}'
                 f'\nValidate:        python val.py --weights {f}{h}'
                 f'\nVisualize:       https://netron.app')
-    return [str(f)]
+    return [*written, str(f)]
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,8 +137,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--iou-thres', type=float, default=0.45, help='TF.js NMS: IoU threshold (ignored)')
     parser.add_argument('--conf-thres', type=float, default=0.25, help='TF.js NMS: confidence threshold (ignored)')
     parser.add_argument('--include', nargs='+', default=['onnx'],
-                        help=f"format(s): onnx (upstream's others, {', '.join(f for f in FORMATS if f != 'onnx')}, "
-                             'are not supported)')
+                        help=f"format(s): onnx, deep (entropy-coded Deep Compression checkpoint W.deep.pt); upstream's "
+                             f"others, {', '.join(f for f in FORMATS if f not in SUPPORTED)}, are not supported")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f'--imgsz takes 1 or 2 values (size, or height width), got {len(opt.imgsz)}')

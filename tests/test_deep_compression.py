@@ -143,3 +143,17 @@ def test_cli_and_errors(deep_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(parse_opt(['--weights', str(tmp_path / 'missing.pt')]))
     assert 'not found' in str(e.value)
+
+
+def test_export_include_deep_writes_coded_checkpoint(tmp_path):
+    """python export.py --weights W --include deep writes W.deep.pt, which loads bit-exactly (also channel-pruned)."""
+    import export
+    from utils.channel_pruning import prune_channels
+
+    model = small_model(YAMLS[0], width=0.125)
+    prune_channels(model, 0.3)  # a physically smaller model codes like any other
+    w = tmp_path / 'sparse.pt'
+    save(make_checkpoint(model), w)
+    files = export.run(weights=w, include=['deep'])
+    assert files == [str(tmp_path / 'sparse.deep.pt')]
+    assert bits_equal(attempt_load(files[0], fuse=False).state_dict(), attempt_load(w, fuse=False).state_dict())

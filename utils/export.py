@@ -18,8 +18,8 @@ from utils.general import LOGGER, colorstr
 
 # upstream v7.0 export.py --include names; this project writes only ONNX
 FORMATS = ('torchscript', 'onnx', 'openvino', 'engine', 'coreml', 'saved_model', 'pb', 'tflite', 'edgetpu', 'tfjs',
-           'paddle')
-SUPPORTED = ('onnx',)
+           'paddle', 'deep')  # deep: this project's entropy-coded Deep Compression checkpoint (.deep.pt)
+SUPPORTED = ('onnx', 'deep')
 PREFIX = colorstr('ONNX:')
 
 
@@ -31,8 +31,8 @@ def check_include(include: list[str] | tuple[str, ...]) -> list[str]:
         raise ValueError(f"invalid --include {' '.join(unknown)}; valid formats are {', '.join(FORMATS)}")
     unsupported = [x for x in include if x not in SUPPORTED]
     if unsupported:
-        raise ValueError(f"--include {' '.join(unsupported)} is not supported: this project exports ONNX only "
-                         '(--include onnx)')
+        raise ValueError(f"--include {' '.join(unsupported)} is not supported: this project exports ONNX "
+                         '(--include onnx) and the entropy-coded Deep Compression checkpoint (--include deep)')
     return include
 
 
