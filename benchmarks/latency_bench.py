@@ -16,7 +16,8 @@ With --onnx each variant is also exported to ONNX and run with ONNX Runtime (CPU
 
 All models are fused, in eval mode, run under torch.inference_mode with torch's default thread count (printed).
 Timing: after warm-up, --repeats rounds; each round times every variant once, in rotating order, so background load
-hits all of them alike; the median per variant is reported in ms per image, with its speed-up over dense.
+hits all of them alike; the fastest run per variant is reported in ms per image (other jobs only ever add time),
+with its speed-up over dense. The 'weight 50%' row is the control: same dense compute, so its ratio shows the noise.
 """
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Cal
 
 
 def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
-            warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each runner, interleaved over ``repeats`` rounds in rotating order."""
+            warmup: int = 2, stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """Seconds per call of each runner (``stat`` of the rounds: median, or min = the fastest run, the better estimate
+    of a model's own cost when other jobs share the CPU, since they only add time), interleaved over ``repeats``
+    rounds in rotating order."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -92,7 +95,7 @@ def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeat
             runners[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t)
-    return {n: statistics.median(v) for n, v in times.items()}
+    return {n: stat(v) for n, v in times.items()}
 
 
 def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: float = 0.5,
@@ -116,7 +119,7 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
         torch.manual_seed(0)
         models[Path(cfg).stem] = variants(DetectionModel(cfg).eval(), flops, 640)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, '
-          f"{'FP16' if half else 'FP32'}, {repeats} interleaved repeats, median")
+          f"{'FP16' if half else 'FP32'}, {repeats} interleaved repeats, fastest run")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name, group in models.items():
@@ -135,7 +138,7 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
                             print('onnx/onnxruntime not installed: pip install onnx onnxruntime')
                             break
                         runners[(n, 'onnxruntime')] = r
-                t = measure(runners, dev, repeats)
+                t = measure(runners, dev, repeats, stat=min)
                 print(f"\n{model_name}, batch {batch} at {imgsz} px\n{'variant':<22}{'backend':<13}{'params':>11}"
                       f"{'GFLOPs@640':>11}{'ms/img':>10}{'speed-up':>10}")
                 for (n, backend), s in t.items():
