@@ -484,9 +484,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-granularity', choices=['weight', 'channel'], default=None,
         help='DNS: mask single weights (default) or whole output channels (channel DNS: S is the fraction of '
              'prunable channels; best.pt/last.pt are physically smaller, faster models)')
-    add('--prune-importance', choices=['l1', 'bn'], default=None,
+    add('--prune-importance', choices=['l1', 'bn', 'group'], default=None,
         help='channel DNS: rank channels by |BatchNorm gamma| (bn, default: masked channels keep learning and can '
-             'be spliced back) or by the mean |w| of their filters (l1)')
+             'be spliced back), by the mean |w| of their filters (l1) or by filters + BN + readers (group)')
     add('--prune-round', type=int_at_least(1), default=None, metavar='N',
         help='channel DNS: kept channels per group rounded up to a multiple of N (default 1)')
     add('--slim', type=float_in(0, math.inf, hi_open=True), default=0.0, metavar='LAMBDA',

@@ -271,3 +271,27 @@ def test_c3_and_bottleneck_classes_stay_plain(v5n):
     prune_channels(m, 0.5)
     assert type(m.model[2]) is C3 and type(m.model[2].m[0]) is Bottleneck and type(m.model[0]) is Conv
     assert type(m.model[-1]) is Detect and m.model[2].m[0].add
+
+
+def test_group_importance_counts_producers_bn_and_reader_slices(v5n):
+    """'group' (Torch-Pruning's group L1): a channel that is 0 in its filters, BN scale and every reader's input slice
+    (at each Concat/SPPF offset) scores 0; zeroing only the readers' slices lowers its score."""
+    m = copy.deepcopy(v5n)
+    randomize_bn(m)
+    g = group_of(channel_groups(m), 'model.8.cv1.conv')  # read by C3 internals and SPPF-side convs
+    before = channel_importance(g, 'group')
+    with torch.no_grad():
+        for c in g.consumers:
+            offset = 0
+            for p in c.inputs:
+                if p in g.producers and isinstance(c.module, nn.Conv2d):
+                    c.module.weight[:, offset + 3] = 0
+                offset += p.channels
+    after = channel_importance(g, 'group')
+    assert after[3] < 0.8 * before[3] and torch.allclose(after[:3], before[:3], rtol=0.02)  # others: only the mean moves
+    with torch.no_grad():
+        for p in g.producers:
+            p.conv.weight[3] = 0
+            p.bn.weight[3] = 0
+    assert channel_importance(g, 'group')[3] == 0
+    prune_channels(copy.deepcopy(m), 0.3, importance='group')

@@ -33,7 +33,7 @@ from utils.sparsity import unwrap_model as unwrap
 
 LOGGER = logging.getLogger('yolov5')
 
-IMPORTANCES = ('l1', 'bn')
+IMPORTANCES = ('l1', 'bn', 'group')
 SCOPES = ('layer', 'global')
 
 
@@ -43,13 +43,39 @@ def _filter_l1(p: Producer) -> Tensor:
     return w.abs().flatten(1).mean(1)
 
 
+def _reader_l1(group: ChannelGroup) -> list[Tensor]:
+    """Per reader conv: sum of |w| over the input slices (all offsets) that read this group's channels."""
+    members = set(group.producers)
+    out = []
+    for c in group.consumers:
+        if not isinstance(c.module, nn.Conv2d):
+            continue
+        w = c.module.weight.detach().float().abs().sum((0, 2, 3))  # (in_channels,)
+        total, offset = torch.zeros(group.channels, device=w.device), 0
+        for p in c.inputs:
+            if p in members:
+                total += w[offset:offset + p.channels]
+            offset += p.channels
+        out.append(total.cpu())
+    return out
+
+
 def channel_importance(group: ChannelGroup, kind: str = 'l1') -> Tensor:
-    """Scores (group.channels,) float32 on CPU: mean |w| per filter ('l1') or |BN gamma| ('bn'), averaged over members.
+    """Scores (group.channels,) float32 on CPU: mean |w| per filter ('l1') or |BN gamma| ('bn'), averaged over members;
+    'group' (Torch-Pruning's group L1): every member's filter |w| sum, BN |gamma| and every reader's input-slice |w|
+    sum, each divided by its mean, averaged.
 
     'bn' falls back to 'l1' for members without a BatchNorm (e.g. a fused model).
     """
     if kind not in IMPORTANCES:
         raise ValueError(f"channel importance must be one of {', '.join(IMPORTANCES)}, got {kind!r}")
+    if kind == 'group':
+        terms = [p.conv.weight.detach().float().abs().flatten(1).sum(1).cpu() for p in group.producers if p.conv is not None]
+        terms += [p.bn.weight.detach().float().abs().cpu() for p in group.producers if p.bn is not None]
+        terms += _reader_l1(group)
+        if not terms:
+            return torch.zeros(group.channels)
+        return torch.stack([t / t.mean().clamp_min(1e-12) for t in terms]).mean(0)
     scores = []
     for p in group.producers:
         if p.conv is None:
