@@ -227,6 +227,12 @@ def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) ->
     return rows
 
 
+def hardware(device: str) -> str:
+    """'NVIDIA H100 ...' or 'CPU (2 threads)': where the table was made, for its caption."""
+    d = select_device(device)
+    return torch.cuda.get_device_name(d) if d.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+
+
 def run(opt: argparse.Namespace) -> list[Row]:
     """Build every row, evaluate it, write comparison.{csv,md,png}; returns the rows."""
     if opt.from_csv:
@@ -255,8 +261,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if opt.structured:
         rows = run_structured(opt, save_dir, dense, one)
-        device = select_device(opt.device)
-        where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+        where = hardware(opt.device)
         caption = (f'{Path(opt.data).name}, {opt.imgsz} px; dense weights {dense}; channel pruning ({opt.channel_scope} '
                    f'scope, kept channels rounded to {opt.prune_round}); trained rows {opt.finetune_epochs} epochs each '
                    f'(slim+ft: {opt.finetune_epochs} slimming epochs with lambda {opt.slim_lambda:g}, then '
@@ -304,8 +309,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
         model = attempt_load(w, fuse=False)
         rep = sparsity(model)
         one(model, Row('dns', '-', round(rep.prunable, 2)), f'dns-given-{Path(w).stem}')
-    device = select_device(opt.device)
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+    where = hardware(opt.device)
     caption = (f'{Path(opt.data).name}, {opt.imgsz} px, val batch {opt.batch_size}; dense weights {dense}; '
                f'trained rows: {opt.finetune_epochs} epochs each (DNS: {opt.dns_schedule or "constant"} schedule, '
                f'surgery in the first half), '
