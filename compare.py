@@ -166,7 +166,7 @@ def channel_dns_kw(amount: float, opt: argparse.Namespace, importance: str, surg
 def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
     """Fill gflops and latency_ms of every row: its saved model, fused, batch 1 at --latency-img, all rows timed
     in one interleaved session (benchmarks/latency_bench.measure), median of --latency-repeats."""
-    from benchmarks.latency_bench import _torch_runner, measure
+    from benchmarks.latency_bench import torch_runner, measure
     from utils.torch_utils import model_flops
 
     device = select_device(opt.device)
@@ -177,7 +177,7 @@ def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
         models[i] = m.half() if opt.half and device.type == 'cuda' else m
     x = torch.zeros(1, 3, opt.latency_img, opt.latency_img, device=device,
                     dtype=torch.half if opt.half and device.type == 'cuda' else torch.float)
-    t = measure({i: _torch_runner(m, x) for i, m in models.items()}, device, opt.latency_repeats)
+    t = measure({i: torch_runner(m, x) for i, m in models.items()}, device, opt.latency_repeats)
     for i, r in enumerate(rows):
         r.latency_ms = t[i] * 1e3
 

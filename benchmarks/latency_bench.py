@@ -57,7 +57,8 @@ def variants(model: nn.Module, flops: float, imgsz: int) -> dict[str, nn.Module]
     return out
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A call running ``model(x)`` under inference mode (what `measure` times)."""
     def run() -> None:
         with torch.inference_mode():
             model(x)
@@ -130,7 +131,7 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
                 group[name] = (m.half() if half else m.float()).to(dev)
             for batch, imgsz in shapes:
                 x = torch.zeros(batch, 3, imgsz, imgsz, device=dev, dtype=torch.half if half else torch.float)
-                runners = {(n, 'torch'): _torch_runner(m, x) for n, m in group.items()}
+                runners = {(n, 'torch'): torch_runner(m, x) for n, m in group.items()}
                 if onnx:
                     for n, m in group.items():
                         r = _onnx_runner(m, x, Path(tmp), f'{model_name}-{n}-{batch}x{imgsz}')

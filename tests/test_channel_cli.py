@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import detect
 import train
 import val
 from models.experimental import attempt_load
-from tests.conftest import shapes_subset
+from tests.test_train import restore_determinism, tiny_data  # noqa: F401 (fixtures shared with test_train)
 from tests.test_train import args, free_port, read_csv, run_main, signal_at
 from utils.channel_groups import channel_groups
 from utils.channel_pruning import prunable_channels
@@ -24,18 +23,6 @@ from utils.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory) -> Path:
-    return shapes_subset(tmp_path_factory.mktemp('tiny_channel'), 12, 4)
-
-
-@pytest.fixture(autouse=True)
-def restore_determinism():
-    before = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(before)
 
 
 def channels(f: Path) -> int:
