@@ -100,6 +100,9 @@ def test_mid_surgery_state_restores_dense_values():
     dns2.load_state_dict(state)
     for a, b in zip(dns.dense, dns2.dense):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+    saved = {n: d.clone() for n, d in state['dense'].items()}
+    fake_step(dns2, lambda: [t.data.add_(1.0) for t in m2.parameters()])  # an optimizer step moves every value
+    assert all(torch.equal(state['dense'][n], d) for n, d in saved.items())  # the caller's state is not written to
 
 
 def test_weight_dns_state_is_refused():

@@ -254,8 +254,8 @@ class ChannelDNS:
         self.step, self.frozen, self._in_step = int(state['step']), bool(state['frozen']), False
         self.generator.set_state(state['rng'])
         self.keep = [masks[n].bool().cpu().clone() for n in self.names]
-        self.dense = [] if self.frozen else [[state['dense'][name].to(t.device, t.dtype) for name, t in ps]
-                                            for ps in self.params]
+        self.dense = [] if self.frozen else [[state['dense'][name].to(t.device, t.dtype, copy=True) for name, t in ps]
+                                            for ps in self.params]  # copies: later steps must not write into `state`
         self._zero()
         self.reset_counters()
 
