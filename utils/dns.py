@@ -48,6 +48,7 @@ after each update, for setups where that assumption may not hold.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -158,7 +159,181 @@ class DNSConfig:
             raise ValueError(f'DNS initial sparsity must be in [0, target={self.target}], got {self.s_init}')
 
 
-class DNS:
+class SurgeryBase(ABC):
+    """What weight-level `DNS` and channel-level DNS (utils/channel_dns.py) share: the step protocol, config, step
+    counter, update decisions, schedule, mask bookkeeping and reports.
+
+    A mask unit is one entry of a bool keep-mask in `keep` (True = kept): a weight (DNS) or a channel of a channel
+    group (ChannelDNS). Subclasses own the managed parameters and their dense values and implement the abstract hooks.
+    """
+
+    config_class: type[DNSConfig] = DNSConfig  # what load_state_dict rebuilds the saved config as
+
+    def __init__(self, cfg: DNSConfig, names: list[str], keep: list[Tensor], *, s_init_from_masks: bool) -> None:
+        """Start at step 0 with bool keep-masks `keep` (one per name); s_init_from_masks: s_init <- their sparsity."""
+        self.cfg = cfg
+        self.names = names
+        self.keep = keep
+        self._numel = sum(k.numel() for k in keep)  # mask units in all
+        self._count_masked()
+        self.step = 0  # optimizer steps taken
+        self.frozen = False  # True after the final cut: masks fixed
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._in_step = False  # True between before_step() and after_step(): parameters hold dense values
+        self.reset_counters()
+        if s_init_from_masks:
+            self.cfg = replace(self.cfg, s_init=min(self.sparsity, cfg.target))
+
+    # ---- the two hooks around optimizer.step(), and the early end
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Give the masked entries their dense values back so the optimizer updates them too.
+
+        Call once per optimizer step, after the last backward (and after scaler.unscale_/clipping).
+        """
+        if not self.frozen:
+            self._restore_dense()
+        self._in_step = True
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Count the step; during surgery maybe update the masks (probability σ(k)); zero the masked entries.
+
+        At step `surgery_steps` the exact final cut is made and the masks are frozen.
+        """
+        if not self._in_step:
+            raise RuntimeError(f'{type(self).__name__}.after_step() without before_step(): '
+                               'call before_step() before optimizer.step()')
+        self.step += 1
+        if not self.frozen:
+            if self._draw_update():
+                self._update_masks(self.scheduled_sparsity)
+            if self.step >= self.cfg.surgery_steps:
+                self._final_cut()
+        self._mask_parameters()
+        self._in_step = False
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """End the surgery now (e.g. training stops early): exact cut to the target from the dense values, masks
+        frozen, masked entries zeroed."""
+        if self.frozen:
+            return
+        if self._in_step:
+            raise RuntimeError(f'{type(self).__name__}.finish() inside an optimizer step: call it after after_step()')
+        self._write_dense()
+        self._final_cut()
+        self._zero_masked()
+
+    # ---- surgery
+
+    @property
+    def scheduled_sparsity(self) -> float:
+        """s_k: the fraction of mask units the schedule asks to be masked at the current step."""
+        return cubic_schedule(self.step, self.cfg.surgery_steps, self.cfg.target, self.cfg.s_init)
+
+    def _draw_update(self) -> bool:
+        """One uniform draw per surgery step (keeps all ranks' generators in lock-step); rank 0's draw decides."""
+        u = torch.rand(1, generator=self.generator)
+        if _distributed():
+            u = u.to(self._device())
+            dist.broadcast(u, src=0)
+        return float(u) < update_probability(self.step, self.cfg.gamma, self.cfg.power)
+
+    def _replace_mask(self, i: int, new: Tensor) -> None:
+        """keep[i] <- new (bool), counting the units it prunes (kept -> masked) and splices (masked -> kept).
+
+        Call `_count_masked` once all masks are replaced.
+        """
+        old = self.keep[i]
+        self._pruned_count[i] += torch.count_nonzero(old > new)
+        self._spliced_count[i] += torch.count_nonzero(new > old)
+        self.keep[i] = new
+
+    def _count_masked(self) -> None:
+        """Recount the masked units per mask (read by `sparsity`, e.g. every iteration for the progress bar)."""
+        self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
+
+    @abstractmethod
+    def _device(self) -> torch.device:
+        """The managed parameters' device (collective operations run there)."""
+
+    @abstractmethod
+    def _restore_dense(self) -> None:
+        """before_step during surgery: the masked entries of the managed parameters <- their dense values."""
+
+    @abstractmethod
+    def _mask_parameters(self) -> None:
+        """after_step: during surgery keep the parameters' values as the dense ones; then zero the masked entries."""
+
+    @abstractmethod
+    def _write_dense(self) -> None:
+        """finish: the managed parameters <- their dense values, before the final cut."""
+
+    @abstractmethod
+    def _update_masks(self, amount: float) -> None:
+        """Hysteresis update of the masks to the fraction `amount` of masked units."""
+
+    @abstractmethod
+    def _final_cut(self) -> None:
+        """Masks to exactly the target, then frozen; the dense values are dropped."""
+
+    @abstractmethod
+    def _zero_masked(self) -> None:
+        """Zero the masked entries of the managed parameters outside the step hooks (finish, load_state_dict)."""
+
+    # ---- reports
+
+    def masks(self) -> list[Tensor]:
+        """Bool keep-masks (True = kept), in `names` order (read-only)."""
+        return list(self.keep)
+
+    def masks_by_name(self) -> dict[str, Tensor]:
+        """Bool keep-masks (True = kept) keyed by name (see the subclass's `names`)."""
+        return dict(zip(self.names, self.masks()))
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of masked units over all managed ones (counted when the masks change)."""
+        return int(torch.stack(self._masked_count).sum()) / self._numel
+
+    def reset_counters(self) -> None:
+        """Start a new report period for the pruned/spliced counters."""
+        self._pruned_count = [torch.zeros((), dtype=torch.long, device=keep.device) for keep in self.keep]
+        self._spliced_count = [torch.zeros((), dtype=torch.long, device=keep.device) for keep in self.keep]
+
+    def summary(self) -> dict[str, float | int]:
+        """For results.csv: sparsity (fraction), pruned and spliced unit counts since the last reset_counters()."""
+        return {'sparsity': self.sparsity,
+                'pruned': sum(int(c) for c in self._pruned_count),
+                'spliced': sum(int(c) for c in self._spliced_count)}
+
+    def _total_row(self, width: int) -> str:
+        """The last layer_table row: phase, unit count (right-aligned in `width` characters), sparsity, counters."""
+        total = self.summary()
+        phase = 'frozen' if self.frozen else f'surgery {self.step}/{self.cfg.surgery_steps}'
+        return (f"{'total (' + phase + ')':<40}{self._numel:>{width}}{total['sparsity']:>10.1%}"
+                f"{total['pruned']:>10}{total['spliced']:>10}")
+
+    # ---- checkpoints (--resume)
+
+    def _masks_state(self) -> dict[str, Tensor]:
+        """CPU copies of the keep-masks by name, for state_dict()."""
+        return {name: keep.to('cpu', copy=True) for name, keep in self.masks_by_name().items()}
+
+    def _progress_state(self) -> dict:
+        """The state_dict() entries after the masks and values: step, frozen, config, RNG state."""
+        return {'step': self.step, 'frozen': self.frozen, 'config': asdict(self.cfg), 'rng': self.generator.get_state()}
+
+    def _load_progress(self, state: dict) -> None:
+        """Restore what `_progress_state` saved (the saved config replaces this one's); leaves the step hooks idle."""
+        self.cfg = self.config_class(**state['config'])
+        self.step, self.frozen, self._in_step = int(state['step']), bool(state['frozen']), False
+        self.generator.set_state(state['rng'])
+
+
+class DNS(SurgeryBase):
     """Dynamic Network Surgery on the Conv2d/Linear weights of any nn.Module (see the module docstring).
 
     Args (fractions, counts in optimizer steps): target sparsity; surgery_steps; scope 'layer' | 'global';
@@ -186,122 +361,77 @@ class DNS:
                  band: float = 0.1, gamma: float = 1e-4, power: float = 1.0, s_init: float | None = 0.0,
                  seed: int = 0, exclude_first: bool = False, exclude_detect: bool = False,
                  sync_masks: bool = False) -> None:
-        self.cfg = DNSConfig(target=target, surgery_steps=surgery_steps, scope=scope, band=band, gamma=gamma,
-                             power=power, s_init=0.0 if s_init is None else s_init, seed=seed,
-                             exclude_first=exclude_first, exclude_detect=exclude_detect, sync_masks=sync_masks)
+        cfg = DNSConfig(target=target, surgery_steps=surgery_steps, scope=scope, band=band, gamma=gamma,
+                        power=power, s_init=0.0 if s_init is None else s_init, seed=seed,
+                        exclude_first=exclude_first, exclude_detect=exclude_detect, sync_masks=sync_masks)
         layers = prunable_layers(model, exclude_first=exclude_first, exclude_detect=exclude_detect)
         if not layers:
             raise ValueError('DNS found no prunable Conv2d/Linear layers in the model')
         self.layer_names = [name for name, _ in layers]
-        self.names = [f'{name}.weight' if name else 'weight' for name in self.layer_names]  # no 'module.' prefix
         self.modules = [module for _, module in layers]
         weights = self._weights()
-        self.keep = [w.detach() != 0 for w in weights]
-        self._count_masked()
-        self._numel = sum(keep.numel() for keep in self.keep)
-        self.off = [(~keep).to(w.dtype) for keep, w in zip(self.keep, weights)]
-        self.dense = [w.detach().clone() for w in weights]
-        self.step = 0  # optimizer steps taken
-        self.frozen = False  # True after the final cut: masks fixed, `dense` dropped
-        self.generator = torch.Generator().manual_seed(seed)
-        self._in_step = False  # True between before_step() and after_step(): parameters hold dense W
+        keep = [w.detach() != 0 for w in weights]
+        self.off = [(~k).to(w.dtype) for k, w in zip(keep, weights)]
+        self.dense = [w.detach().clone() for w in weights]  # dropped (empty) once the masks are frozen
         self._fresh = True  # next before_step merges in place rather than swapping storages
-        self.reset_counters()
-        if s_init is None:
-            self.cfg = replace(self.cfg, s_init=min(self.sparsity, target))
+        names = [f'{name}.weight' if name else 'weight' for name in self.layer_names]  # no 'module.' prefix
+        super().__init__(cfg, names, keep, s_init_from_masks=s_init is None)
 
-    # ---- the two hooks around optimizer.step() ----
+    # ---- step hooks (SurgeryBase.before_step / after_step / finish call these)
 
-    @torch.no_grad()
-    def before_step(self) -> None:
-        """Give the masked entries their values back (parameters <- dense W) so the optimizer updates all of W.
+    def _device(self) -> torch.device:
+        return self.off[0].device
 
-        Call once per optimizer step, after the last backward (and after scaler.unscale_/clipping).
-        """
-        if not self.frozen:
-            weights = self._weights()
-            if (weights[0].dtype, weights[0].device) != (self.off[0].dtype, self.off[0].device):
-                raise RuntimeError('model weights changed dtype/device after DNS was created: '
-                                   'create DNS after model.to()')
-            if self._fresh:  # W ⊙ T (live) + W_dense ⊙ (1 - T): keeps any write made to kept entries since
-                torch._foreach_addcmul_(weights, self.dense, self.off)
-                self._fresh = False
-            else:  # swap: the parameter gets the dense storage, `dense` holds the masked one as scratch
-                for i, w in enumerate(weights):
-                    w.data, self.dense[i] = self.dense[i], w.data
-        self._in_step = True
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Count the step; during surgery maybe update the masks (probability σ(k)); parameters <- W ⊙ T.
-
-        At step `surgery_steps` the exact final cut is made and the masks are frozen.
-        """
-        if not self._in_step:
-            raise RuntimeError('DNS.after_step() without before_step(): call dns.before_step() before optimizer.step()')
-        self.step += 1
+    def _restore_dense(self) -> None:
+        """Parameters <- dense W (merged in place the first time, then by swapping storages)."""
         weights = self._weights()
-        if not self.frozen:
-            if self._draw_update():
-                self._update_masks(weights, self.scheduled_sparsity)
-            if self.step >= self.cfg.surgery_steps:
-                self._final_cut(weights)
+        if (weights[0].dtype, weights[0].device) != (self.off[0].dtype, self.off[0].device):
+            raise RuntimeError('model weights changed dtype/device after DNS was created: '
+                               'create DNS after model.to()')
+        if self._fresh:  # W ⊙ T (live) + W_dense ⊙ (1 - T): keeps any write made to kept entries since
+            self._write_dense()
+            self._fresh = False
+        else:  # swap: the parameter gets the dense storage, `dense` holds the masked one as scratch
+            for i, w in enumerate(weights):
+                w.data, self.dense[i] = self.dense[i], w.data
+
+    def _mask_parameters(self) -> None:
+        """Parameters <- W ⊙ T; during surgery the dense W stays in `dense`."""
         # W - W ⊙ (1 - T) = W ⊙ T, exactly 0 where masked. In the hot path this multiply-add replaces
         # utils.sparsity.apply_masks (bool masked_fill_, ~70 ms per step on yolov5s with one CPU thread); masking
         # outside the step (finish, apply_to, load_state_dict) goes through apply_masks, the project's applier.
+        weights = self._weights()
         if self.frozen:
             torch._foreach_addcmul_(weights, weights, self.off, value=-1)
         else:
             for i, (w, off) in enumerate(zip(weights, self.off)):
                 torch.addcmul(w, w, off, value=-1, out=self.dense[i])  # W ⊙ T into the scratch storage
                 self.dense[i], w.data = w.data, self.dense[i]  # keep dense W, parameter <- W ⊙ T
-        self._in_step = False
 
-    @torch.no_grad()
-    def finish(self) -> None:
-        """End the surgery now (e.g. training stops early): exact cut to the target, masks frozen, weights masked."""
-        if self.frozen:
-            return
-        if self._in_step:
-            raise RuntimeError('DNS.finish() inside an optimizer step: call it after dns.after_step()')
-        weights = self._weights()
-        torch._foreach_addcmul_(weights, self.dense, self.off)  # dense W
-        self._final_cut(weights)
+    def _write_dense(self) -> None:
+        """W ⊙ T (live) + W_dense ⊙ (1 - T): masked entries get their dense values, kept ones stay as they are."""
+        torch._foreach_addcmul_(self._weights(), self.dense, self.off)
+
+    def _zero_masked(self) -> None:
         apply_masks(self.modules, self.masks())
 
-    # ---- surgery ----
+    # ---- surgery
 
-    @property
-    def scheduled_sparsity(self) -> float:
-        """s_k: the sparsity the schedule asks for at the current step (fraction)."""
-        return cubic_schedule(self.step, self.cfg.surgery_steps, self.cfg.target, self.cfg.s_init)
-
-    def _draw_update(self) -> bool:
-        """One uniform draw per surgery step (keeps all ranks' generators in lock-step); rank 0's draw decides."""
-        u = torch.rand(1, generator=self.generator)
-        if _distributed():
-            u = u.to(self.off[0].device)
-            dist.broadcast(u, src=0)
-        return float(u) < update_probability(self.step, self.cfg.gamma, self.cfg.power)
-
-    def _update_masks(self, weights: list[Tensor], amount: float) -> None:
+    def _update_masks(self, amount: float) -> None:
         """Hysteresis update of every mask to exactly the sparsity `amount` (see `hysteresis_scores`)."""
-        scores = [hysteresis_scores(w, keep, self.cfg.band) for w, keep in zip(weights, self.keep)]
+        scores = [hysteresis_scores(w, keep, self.cfg.band) for w, keep in zip(self._weights(), self.keep)]
         self._set_masks(magnitude_masks(scores, amount, self.cfg.scope, importance=_as_scores))
 
-    def _final_cut(self, weights: list[Tensor]) -> None:
+    def _final_cut(self) -> None:
         """Exact cut to the target (see `exact_cut`), then freeze: later steps only re-apply the masks."""
-        self._set_masks(exact_cut([w.detach() for w in weights], self.keep, self.cfg.target, self.cfg.scope))
+        self._set_masks(exact_cut([w.detach() for w in self._weights()], self.keep, self.cfg.target, self.cfg.scope))
         self.frozen = True
         self.dense = []  # frozen masked entries never return: their values are no longer needed
 
     def _set_masks(self, keep: list[Tensor]) -> None:
         """Replace the masks by bool keep-masks (rank 0's if sync_masks), counting pruned/spliced entries."""
         for i, new in enumerate(keep):
-            old = self.keep[i]
-            self._pruned_count[i] += torch.count_nonzero(old > new)  # kept -> masked
-            self._spliced_count[i] += torch.count_nonzero(new > old)  # masked -> kept
-            self.keep[i] = new
+            self._replace_mask(i, new)
             torch.logical_not(new, out=self.off[i])
         if self.cfg.sync_masks and _distributed():
             for i, off in enumerate(self.off):
@@ -309,14 +439,10 @@ class DNS:
                 self.keep[i] = off == 0
         self._count_masked()
 
-    def _count_masked(self) -> None:
-        """Recount the masked entries per weight (read by `sparsity`, e.g. every iteration for the progress bar)."""
-        self._masked_count = [keep.numel() - torch.count_nonzero(keep) for keep in self.keep]
-
     def _weights(self) -> list[Tensor]:
         return [module.weight for module in self.modules]
 
-    # ---- other models (EMA) ----
+    # ---- other models (EMA)
 
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> None:
@@ -330,31 +456,7 @@ class DNS:
             modules.append(found[name])
         apply_masks(modules, self.masks())
 
-    # ---- reports ----
-
-    def masks(self) -> list[Tensor]:
-        """Bool keep-masks T (True = kept), one per managed weight, in `names` order (read-only)."""
-        return list(self.keep)
-
-    def masks_by_name(self) -> dict[str, Tensor]:
-        """Bool keep-masks (True = kept) keyed by parameter name, e.g. 'model.0.conv.weight'."""
-        return dict(zip(self.names, self.masks()))
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of masked entries over all DNS-managed weights (counted when the masks change)."""
-        return int(torch.stack(self._masked_count).sum()) / self._numel
-
-    def reset_counters(self) -> None:
-        """Start a new report period for the pruned/spliced counters."""
-        self._pruned_count = [torch.zeros((), dtype=torch.long, device=off.device) for off in self.off]
-        self._spliced_count = [torch.zeros((), dtype=torch.long, device=off.device) for off in self.off]
-
-    def summary(self) -> dict[str, float | int]:
-        """For results.csv: sparsity (fraction), pruned and spliced entry counts since the last reset_counters()."""
-        return {'sparsity': self.sparsity,
-                'pruned': sum(int(c) for c in self._pruned_count),
-                'spliced': sum(int(c) for c in self._spliced_count)}
+    # ---- reports (masks, masks_by_name, sparsity, summary, reset_counters: SurgeryBase)
 
     def layer_table(self) -> str:
         """Per-layer table: name, shape, sparsity, pruned and spliced since the last reset_counters(), total."""
@@ -362,21 +464,16 @@ class DNS:
         for name, off, p, s in zip(self.names, self.off, self._pruned_count, self._spliced_count):
             shape = 'x'.join(str(d) for d in off.shape)
             rows.append(f'{name:<40}{shape:>22}{int(off.count_nonzero()) / off.numel():>10.1%}{int(p):>10}{int(s):>10}')
-        total = self.summary()
-        phase = 'frozen' if self.frozen else f'surgery {self.step}/{self.cfg.surgery_steps}'
-        rows.append(f"{'total (' + phase + ')':<40}{sum(off.numel() for off in self.off):>22}"
-                    f"{total['sparsity']:>10.1%}{total['pruned']:>10}{total['spliced']:>10}")
+        rows.append(self._total_row(22))
         return '\n'.join(rows)
 
-    # ---- checkpoints (--resume) ----
+    # ---- checkpoints (--resume)
 
     def state_dict(self) -> dict:
         """Compact CPU state: bool masks and masked values by parameter name, step, frozen, config, RNG state."""
-        masks = {name: keep.to('cpu', copy=True) for name, keep in self.masks_by_name().items()}
         masked = {} if self.frozen else {name: dense[~keep].cpu()
                                          for name, dense, keep in zip(self.names, self.dense, self.keep)}
-        return {'masks': masks, 'pruned_values': masked, 'step': self.step, 'frozen': self.frozen,
-                'config': asdict(self.cfg), 'rng': self.generator.get_state()}
+        return {'masks': self._masks_state(), 'pruned_values': masked, **self._progress_state()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -389,13 +486,11 @@ class DNS:
             if masks[name].shape != off.shape:
                 raise ValueError(f'DNS state mask {name} has shape {tuple(masks[name].shape)}, '
                                  f'model weight {tuple(off.shape)}')
-        self.cfg = DNSConfig(**state['config'])
-        self.step, self.frozen, self._in_step = int(state['step']), bool(state['frozen']), False
-        self.generator.set_state(state['rng'])
+        self._load_progress(state)
         self._set_masks([masks[name].to(keep.device, torch.bool) for name, keep in zip(self.names, self.keep)])
         self.dense = [] if self.frozen else [torch.zeros_like(w) for w in self._weights()]
         self._fresh = True
         for name, dense, keep in zip(self.names, self.dense, self.keep):
             dense.masked_scatter_(~keep, state['pruned_values'][name].to(dense.device, dense.dtype))
-        apply_masks(self.modules, self.masks())
+        self._zero_masked()
         self.reset_counters()
