@@ -106,7 +106,7 @@ def share_finetune(weights: Path, bits: int, opt: argparse.Namespace, save_dir: 
     name = f'{weights.stem}-shared{bits}'
     trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=opt.share_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, share_bits=bits,
-                project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
+                share_step=opt.share_step, project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
                 noautoanchor=True, seed=opt.seeds[0])
     return save_dir / 'train' / name / 'weights' / 'last.pt'
 
@@ -183,20 +183,21 @@ def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
 
 
 def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) -> list[Row]:
-    """Channel-pruning rows: dense; one-shot channel pruning by L1 and by |gamma| at each --amounts (fraction of
-    prunable channels); per seed: each + fine-tuning, network slimming (--slim-lambda for the budget, prune by
-    |gamma|, fine-tune: twice the budget), channel DNS (|gamma|); then --peer (Torch-Pruning at the same FLOPs as
-    our L1 one-shot model, + fine-tuning). Latency of all rows is measured at the end in one session."""
+    """Channel-pruning rows: dense; one-shot channel pruning by each of --importances at each --amounts (fraction
+    of prunable channels); per seed: each + fine-tuning, network slimming (--slim-lambda for the budget, prune by
+    |gamma|, fine-tune: twice the budget), channel DNS (--dns-importance); then --peer (Torch-Pruning at the same
+    FLOPs as our first importance's one-shot model, + fine-tuning). Latency of all rows is measured at the end in
+    one session."""
     from utils.channel_pruning import prune_channels
     from utils.torch_utils import model_flops
 
     rows = [one(attempt_load(dense, fuse=False), Row('dense'), 'dense')]
     flops_ratio = {}
     for a in opt.amounts:
-        for imp in ('l1', 'bn'):
+        for imp in opt.importances:
             model = attempt_load(dense, fuse=False)
             prune_channels(model, a, opt.channel_scope, imp, opt.prune_round)
-            if imp == 'l1':
+            if a not in flops_ratio:  # the peer's FLOPs target: our first importance's model
                 flops_ratio[a] = model_flops(model, 640) / model_flops(attempt_load(dense, fuse=False), 640)
             rows.append(one(model, Row(f'ch one-shot ({imp})', opt.channel_scope, a), f'ch-oneshot-{imp}-{a:g}'))
     if opt.finetune_epochs > 0:
@@ -205,14 +206,14 @@ def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) ->
             for a in opt.amounts:
                 tag = f'{a:g}-seed{seed}'
                 runs = [(f'ch one-shot+ft ({imp})', f'ch-oneshot-ft-{imp}-{tag}', dense,
-                         channel_dns_kw(a, opt, imp, surgery=False), opt.finetune_epochs) for imp in ('l1', 'bn')]
+                         channel_dns_kw(a, opt, imp, surgery=False), opt.finetune_epochs) for imp in opt.importances]
                 if opt.slim_lambda > 0:
                     if slim is None:  # one slimming run per seed, shared by the amounts
                         slim = channel_train(dense, opt, save_dir, f'slim-seed{seed}', seed, slim=opt.slim_lambda)
                     runs.append(('slim+ft', f'slim-ft-{tag}', slim, channel_dns_kw(a, opt, 'bn', surgery=False),
                                  2 * opt.finetune_epochs))
-                runs.append(('ch dns', f'ch-dns-{tag}', dense, channel_dns_kw(a, opt, 'bn', surgery=True),
-                             opt.finetune_epochs))
+                runs.append((f'ch dns ({opt.dns_importance})', f'ch-dns-{opt.dns_importance}-{tag}', dense,
+                             channel_dns_kw(a, opt, opt.dns_importance, surgery=True), opt.finetune_epochs))
                 if opt.peer:
                     from benchmarks.torch_pruning_peer import prune_with_torch_pruning
                     peer = save_dir / 'models' / f'torch-pruning-{tag}-start.pt'
@@ -287,7 +288,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
                               share_bits=b)
                     add_deep_size(models_dir / f'{stem}-ft.pt', one(attempt_load(last, fuse=False), row, f'{stem}-ft'))
         return publish(rows, save_dir, f'Deep Compression rows of {" ".join(opt.share_weights)}: '
-                                       f'{opt.share_epochs} epochs of centroid fine-tuning, hyp {Path(opt.hyp).name}, '
+                                       f'{opt.share_epochs} epochs of centroid fine-tuning (step {opt.share_step}), '
+                                       f'hyp {Path(opt.hyp).name}, '
                                        f'{Path(opt.data).name}, {opt.imgsz} px. Made by `python '
                                        f'{" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}`'
                                        f' in {time.time() - t0:.0f} s.')
@@ -351,6 +353,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='channel pruning instead: one-shot (L1, |gamma|), + fine-tuning, slimming, channel DNS, with '
                         'params, GFLOPs, measured latency and a mAP-vs-latency plot; --amounts are channel fractions')
     p.add_argument('--channel-scope', choices=['layer', 'global'], default='layer', help='--structured: scope')
+    p.add_argument('--importances', nargs='+', choices=['l1', 'bn', 'group'], default=['l1', 'bn', 'group'],
+                   help='--structured: channel importances of the one-shot and one-shot+ft rows')
+    p.add_argument('--dns-importance', choices=['l1', 'bn', 'group'], default='group',
+                   help='--structured: channel importance of the channel DNS rows')
     p.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
                    help='--structured: kept channels rounded up to a multiple of N')
     p.add_argument('--slim-lambda', type=float_in(0, math.inf, hi_open=True), default=1e-2, metavar='LAMBDA',
@@ -365,6 +371,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='--share-weights: bits per shared index, 2^B centroids per layer')
     p.add_argument('--share-epochs', type=int_at_least(0), default=1,
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
+    p.add_argument('--share-step', choices=['mean', 'sum'], default='mean',
+                   help='--share-weights: centroid step of the fine-tuning (train.py --share-step)')
     p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
                    help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')

@@ -498,6 +498,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--share-bits', type=share_bits, default=None,
         help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
              'fine-tune the centroids; 2 <= B <= 8')
+    add('--share-step', choices=['mean', 'sum'], default='mean',
+        help="--share-bits: a centroid's LR is LR/members ('mean': its members' average step) or LR ('sum', "
+             "the summed gradient as is)")
     return parser.parse_args(argv)
 
 

@@ -55,3 +55,47 @@ def test_from_csv_merges_without_evaluating(tmp_path):
                                                   ('one-shot+ft', 1), ('dns', 1)]
     md = (tmp_path / 'm' / 'comparison.md').read_text()
     assert '| dns | global | 0.500 | 5 | 2 | 0 1 |' in md and '| 1/2 |' in md and 'Merged by `python compare.py' in md
+
+
+@pytest.mark.slow
+def test_compare_structured_rows_latency_and_pairing(tiny_data, tmp_path):
+    """--structured: dense, one-shot and one-shot+ft per importance, channel DNS, with GFLOPs, latency and the
+    paired channel-DNS table; the pruned rows are physically smaller (params, GFLOPs)."""
+    rows = compare.main(compare.parse_opt([
+        '--structured', '--data', str(tiny_data), '--amounts', '0.3', '--importances', 'l1', 'group',
+        '--dns-importance', 'group', '--slim-lambda', '0', '--finetune-epochs', '1', '--seeds', '0', '--imgsz', '64',
+        '--batch-size', '8', '--train-batch-size', '4', '--workers', '0', '--latency-img', '64',
+        '--latency-repeats', '1', '--project', str(tmp_path)]))
+    assert [r.method for r in rows] == ['dense', 'ch one-shot (l1)', 'ch one-shot (group)', 'ch one-shot+ft (l1)',
+                                        'ch one-shot+ft (group)', 'ch dns (group)']
+    dense, *pruned = rows
+    assert all(r.params < dense.params and r.gflops < 0.8 * dense.gflops for r in pruned)
+    assert all(r.latency_ms > 0 for r in rows)
+    md = (tmp_path / 'compare' / 'comparison.md').read_text()
+    assert 'ch dns (group) minus ch one-shot+ft (group), mAP50-95, paired by seed' in md
+
+
+@pytest.mark.slow
+def test_compare_share_weights_rows(tiny_data, tmp_path):
+    """--share-weights: the sparse model, one-shot shared and centroid-fine-tuned rows, each with its .deep.pt size."""
+    import torch
+
+    from utils.checkpoint import load, make_checkpoint, save
+    from utils.sparsity import prune
+
+    ckpt = load(Path(__file__).parents[1] / 'data' / 'weights' / 'yolov5n-shapes.pt')
+    model = ckpt['model'].float()
+    prune(model, 0.7, 'global')
+    sparse = tmp_path / 'sparse70.pt'
+    save(make_checkpoint(model), sparse)
+    rows = compare.main(compare.parse_opt([
+        '--share-weights', str(sparse), '--share-bits', '3', '--share-epochs', '1', '--data', str(tiny_data),
+        '--imgsz', '64', '--batch-size', '8', '--train-batch-size', '4', '--workers', '0', '--project', str(tmp_path)]))
+    assert [r.method for r in rows] == ['sparse', 'shared 3-bit', 'shared 3-bit+ft']
+    assert all(abs(r.sparsity - 0.7) < 0.01 for r in rows)
+    assert all(r.ratio_fp32 > 10 for r in rows[1:])  # 3-bit indices, coded positions: >10x under the FP32 file
+    shared = torch.load(tmp_path / 'compare' / 'models' / 'sparse70-shared3-ft.pt', map_location='cpu',
+                        weights_only=False)['model'].float()
+    conv = shared.model[2].cv1.conv.weight
+    assert conv[conv != 0].unique().numel() <= 8  # the fine-tuned file holds exactly 2^3 shared values per layer
+    assert 'step mean' in (tmp_path / 'compare' / 'comparison.md').read_text()

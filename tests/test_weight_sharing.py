@@ -64,20 +64,46 @@ def test_sharing_keeps_zeros_and_uses_at_most_k_values():
     assert all(torch.equal(a, b.weight) for a, b in zip(share.weights(), (m.conv, m.fc)))
 
 
-def test_centroid_gradient_is_sum_of_member_gradients():
+@pytest.mark.parametrize('step', ['sum', 'mean'])
+def test_centroid_gradient_is_sum_of_member_gradients(step):
     m = tiny_pruned()
-    share = WeightSharing(m, bits=2)
+    share = WeightSharing(m, bits=2, step=step)
     x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1))
     m(x).square().sum().backward()
     raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
+    centroid = share.centroid_grads()
     share.before_step()
-    for layer, g, index in zip((m.conv, m.fc), raw, share.index):
+    for layer, g, index, cg in zip((m.conv, m.fc), raw, share.index, centroid):
         for k in range(share.k):
             members = index == k
-            if members.any():
-                expected = g[members].sum()
-                assert torch.allclose(layer.weight.grad[members], expected.expand(int(members.sum())), atol=1e-6)
+            n = int(members.sum())
+            expected = g[members].sum() if n else torch.tensor(0.)
+            assert torch.allclose(cg[k], expected, atol=1e-6)  # the paper's rule: d loss / d centroid
+            if n:  # every member steps with the centroid: the sum, or the sum / members ('mean': LR / members)
+                assert torch.allclose(layer.weight.grad[members], (expected / (n if step == 'mean' else 1)).expand(n),
+                                      atol=1e-6)
         assert (layer.weight.grad[index == share.k] == 0).all()  # the zero cluster gets no gradient
+
+
+def test_mean_step_moves_a_centroid_by_its_members_average_sgd_step():
+    m = tiny_pruned()
+    share = WeightSharing(m, bits=3)
+    before = [c.clone() for c in share.codebooks]
+    m(torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(4))).square().sum().backward()
+    raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
+    share.before_step()
+    torch.optim.SGD(m.parameters(), lr=0.1).step()
+    share.after_step()
+    for g, index, c, c0 in zip(raw, share.index, share.codebooks, before):
+        for k in range(share.k):
+            members = index == k
+            if members.any():  # plain SGD would move the members by -lr * g; the centroid takes their mean
+                assert torch.allclose(c[k], c0[k] - 0.1 * g[members].mean(), atol=1e-6)
+
+
+def test_bad_centroid_step():
+    with pytest.raises(ValueError, match='centroid step'):
+        WeightSharing(tiny_pruned(), bits=2, step='median')
 
 
 def test_optimizer_step_moves_centroids_and_keeps_sharing():

@@ -264,23 +264,31 @@ def plot_pareto(rows: list[Row], file: Path) -> Path:
     return file
 
 
+def structured_pairs(rows: list[Row]) -> list[tuple[str, str]]:
+    """(channel DNS method, one-shot + fine-tuning method) with the same importance, for every 'ch dns (X)' row
+    ('ch dns' alone, from tables made before the importance was named, used |gamma|)."""
+    pairs = []
+    for m in dict.fromkeys(r.method for r in rows if r.method.startswith('ch dns')):
+        imp = m[len('ch dns ('):-1] if m.startswith('ch dns (') else 'bn'
+        pairs.append((m, f'ch one-shot+ft ({imp})'))
+    return pairs
+
+
 def write_all(rows: list[Row], save_dir: Path, caption: str = '', structured: bool = False) -> dict[str, Path]:
     """Write comparison.csv, comparison.md (table, then ``caption`` if given) and comparison.png into ``save_dir``.
 
     ``structured``: the channel-pruning table (latency, GFLOPs) and the mAP-vs-latency plot; DNS is paired with
-    one-shot + fine-tuning by the same channel importance ('ch dns' - 'ch one-shot+ft (bn)').
+    one-shot + fine-tuning by the same channel importance (`structured_pairs`).
     """
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     md = save_dir / 'comparison.md'
     summary = seed_summary(rows)
-    pair = ('ch dns', 'ch one-shot+ft (bn)') if structured else ('dns', 'one-shot+ft')
-    paired = paired_summary(rows, *pair)
-    title = ('channel DNS minus one-shot channel pruning (|gamma|) + fine-tuning' if structured
-             else 'DNS minus one-shot + fine-tuning')
+    pairs = structured_pairs(rows) if structured else [('dns', 'one-shot+ft')]
+    paired = ''.join(f'\n{dns} minus {base}, mAP50-95, paired by seed:\n\n{table}'
+                     for dns, base in pairs if (table := paired_summary(rows, dns, base)))
     table = structured_markdown(rows) if structured else markdown(rows)
-    md.write_text(table + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '')
-                  + (f'\n{title}, mAP50-95, paired by seed:\n\n{paired}' if paired else '')
+    md.write_text(table + (f'\nMean ± std over training seeds:\n\n{summary}' if summary else '') + paired
                   + (f'\n{caption}\n' if caption else ''))
     png = (plot_pareto if structured else plot)(rows, save_dir / 'comparison.png')
     return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': png}

@@ -321,7 +321,7 @@ def make_sharing(model: nn.Module, opt: argparse.Namespace, state: dict | None =
     if state is None and opt.resume:
         raise TrainingError("--resume of a --share-bits run needs the checkpoint's 'share' state, which is missing")
     try:
-        share = WeightSharing(model, bits=opt.share_bits)
+        share = WeightSharing(model, bits=opt.share_bits, step=getattr(opt, 'share_step', None) or 'mean')
         if state is not None:
             share.load_state_dict(state)
         if ema is not None:
@@ -331,5 +331,5 @@ def make_sharing(model: nn.Module, opt: argparse.Namespace, state: dict | None =
     nnz = sum(int((i != share.k).sum()) for i in share.index)
     LOGGER.info(f"{'Resumed' if state else 'Started'} weight sharing: {share.k} centroids per layer "
                 f'({opt.share_bits} bits) on {len(share.names)} weight tensors, {nnz} non-zero weights; '
-                f'centroids fine-tuned with the summed gradients of their weights, zeros fixed')
+                f"centroids fine-tuned with the summed gradients of their weights (step '{share.step}'), zeros fixed")
     return share
