@@ -80,11 +80,10 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Cal
     return lambda: session.run(None, feed)
 
 
-def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
-            warmup: int = 2, stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    """Seconds per call of each runner (``stat`` of the rounds: median, or min = the fastest run, the better estimate
-    of a model's own cost when other jobs share the CPU, since they only add time), interleaved over ``repeats``
-    rounds in rotating order."""
+def timings(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
+            warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of every call of each runner, after ``warmup`` untimed calls each, interleaved over ``repeats`` rounds
+    in rotating order (machine load then affects every runner alike)."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -96,7 +95,14 @@ def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeat
             runners[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t)
-    return {n: stat(v) for n, v in times.items()}
+    return times
+
+
+def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
+            warmup: int = 2, stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """Seconds per call of each runner: ``stat`` of its `timings` (median, or min = the fastest run, the better
+    estimate of a model's own cost when other jobs share the CPU, since they only add time)."""
+    return {n: stat(v) for n, v in timings(runners, device, repeats, warmup).items()}
 
 
 def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: float = 0.5,

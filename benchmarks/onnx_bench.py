@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import functools
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
     import onnxruntime as ort
     import torch
 
+    from benchmarks.latency_bench import timings
     from models.experimental import attempt_load, prepare_model
     from utils.export import export_onnx
     from utils.general import LOGGER
@@ -76,14 +77,9 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
     rows = []
     for b, n in shapes:
         x = np.random.default_rng(0).random((b, 3, n, n), dtype=np.float32)
-        group = {label: s for (label, shape), s in sessions.items() if shape == (b, n)}
-        times = {label: [] for label in group}
-        for i in range(warmup + runs):
-            for label, s in group.items():  # round-robin: machine load affects every model alike
-                t = time.perf_counter()
-                s.run(None, {'images': x})
-                if i >= warmup:
-                    times[label].append(time.perf_counter() - t)
+        group = {label: functools.partial(s.run, None, {'images': x})
+                 for (label, shape), s in sessions.items() if shape == (b, n)}
+        times = timings(group, torch.device('cpu'), runs, warmup)  # interleaved: load affects every model alike
         ref = None
         for label, ts in times.items():
             ms = min(ts) * 1e3
