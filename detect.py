@@ -216,7 +216,7 @@ def run(
         prune: float = 0.0,  # prune this fraction of the conv weights after loading, 0 <= prune < 1 (0: no pruning)
         prune_scope: str = 'layer',  # 'layer': that fraction of every layer; 'global': one threshold for all
         prune_granularity: str = 'weight',  # 'channel': remove whole output channels (a smaller, faster model)
-        prune_importance: str = 'l1',  # channel ranking: 'l1' filter magnitude or 'bn' |gamma|
+        prune_importance: str | None = None,  # channel ranking: 'group' (default: filters + BN + readers), 'l1', 'bn'
         prune_round: int = 1,  # channel: kept channels per group rounded up to a multiple of this
 ) -> DetectResult:
     """Detect objects in ``source``; returns a DetectResult (save_dir, per-image detections in original-image

@@ -485,8 +485,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         help='DNS: mask single weights (default) or whole output channels (channel DNS: S is the fraction of '
              'prunable channels; best.pt/last.pt are physically smaller, faster models)')
     add('--prune-importance', choices=['l1', 'bn', 'group'], default=None,
-        help='channel DNS: rank channels by |BatchNorm gamma| (bn, default: masked channels keep learning and can '
-             'be spliced back), by the mean |w| of their filters (l1) or by filters + BN + readers (group)')
+        help='channel DNS: rank channels by filters + BN + readers, normalised (group, default), by |BatchNorm '
+             'gamma| (bn) or by the mean |w| of their filters (l1)')
     add('--prune-round', type=int_at_least(1), default=None, metavar='N',
         help='channel DNS: kept channels per group rounded up to a multiple of N (default 1)')
     add('--slim', type=float_in(0, math.inf, hi_open=True), default=0.0, metavar='LAMBDA',
@@ -538,7 +538,7 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
         raise TrainingError(f"--prune-{'importance' if opt.prune_importance else 'round'} needs "
                             f"--dns-granularity channel")
     if opt.dns_granularity == 'channel':
-        opt.prune_importance = opt.prune_importance or 'bn'
+        opt.prune_importance = opt.prune_importance or 'group'
         opt.prune_round = opt.prune_round or 1
     if opt.dns_surgery_epochs is None:
         opt.dns_surgery_epochs = max(1, opt.epochs // 2)  # first half surgery, second half fixed-mask fine-tuning

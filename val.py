@@ -249,7 +249,7 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
         prune: float = 0.0,  # prune this fraction of Conv2d weights before evaluating
         prune_scope: str = 'layer',
         prune_granularity: str = 'weight',  # 'channel': remove whole output channels (utils/channel_pruning.py)
-        prune_importance: str = 'l1',  # channel ranking: 'l1' filter magnitude or 'bn' |gamma|
+        prune_importance: str | None = None,  # channel ranking: 'group' (default: filters + BN + readers), 'l1', 'bn'
         prune_round: int = 1) -> tuple[tuple[float, ...], np.ndarray, tuple[float, float, float]]:
     """Evaluate a detector; returns ((P, R, mAP50, mAP50-95, *val losses), maps per class, (pre, infer, NMS) ms/img)."""
     training = model is not None

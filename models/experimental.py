@@ -69,14 +69,14 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
 
 
 def prepare_model(model: nn.Module, device: torch.device | str, half: bool = False, prune: float = 0.0,
-                  prune_scope: str = 'layer', prune_granularity: str = 'weight', prune_importance: str = 'l1',
+                  prune_scope: str = 'layer', prune_granularity: str = 'weight', prune_importance: str | None = None,
                   prune_round: int = 1):
     """Ready a freshly loaded, unfused model (or Ensemble) for inference; returns (model, SparsityReport).
 
     When ``prune`` > 0: granularity 'weight' zeroes that fraction of the unfused conv weights in place (what a
     pruned checkpoint holds; fusing keeps zeros zero); 'channel' physically removes that fraction of the prunable
-    output channels (utils/channel_pruning.py, ranked by ``prune_importance`` 'l1' or 'bn', kept counts rounded up to
-    a multiple of ``prune_round``) and logs parameters and GFLOPs before and after. Otherwise the model's sparsity
+    output channels (utils/channel_pruning.py, ranked by ``prune_importance``: 'group' when None, 'l1' or 'bn';
+    kept counts rounded up to a multiple of ``prune_round``) and logs parameters and GFLOPs before and after. Otherwise the model's sparsity
     is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
     Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
     are in the file (report None); pruning it is refused.
@@ -97,11 +97,11 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
         for m in models:
             LOGGER.info('Before channel pruning:')
             model_info(m)
-            prune_channels(m, prune, prune_scope, prune_importance, prune_round)
+            prune_channels(m, prune, prune_scope, prune_importance or 'group', prune_round)
         report = sparsity(model)
         LOGGER.info(f'Model {report}')
     elif prune:
-        if prune_importance != 'l1':
+        if prune_importance is not None:
             raise ValueError(f'--prune-importance {prune_importance} needs --prune-granularity channel')
         report = prune_weights(model, prune, prune_scope)
     else:

@@ -57,8 +57,9 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--prune-granularity', default='weight', choices=('weight', 'channel'),
                         help='weight: zero single weights (sparse, same speed); channel: remove whole output '
                              'channels with everything that reads them (faster)')
-    parser.add_argument('--prune-importance', default='l1', choices=('l1', 'bn', 'group'),
-                        help='channel ranking: l1 = mean |w| of the filters, bn = |BatchNorm gamma| (network '
-                             'slimming, use after train.py --slim), group = filters + BN + readers, normalised')
+    parser.add_argument('--prune-importance', default=None, choices=('l1', 'bn', 'group'),
+                        help='channel ranking: group = filters + BN + readers, normalised (default; best after '
+                             'fine-tuning), l1 = mean |w| of the filters, bn = |BatchNorm gamma| (network '
+                             'slimming, use after train.py --slim)')
     parser.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
                         help='channel: round kept channels per group up to a multiple of N (8 suits GPU kernels)')
