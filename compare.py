@@ -101,9 +101,22 @@ def add_deep_size(file: Path, row: Row) -> Row:
     return row
 
 
-def share_finetune(weights: Path, bits: int, opt: argparse.Namespace, save_dir: Path) -> Path:
-    """train.py --share-bits: weight sharing of ``weights`` + --share-epochs of centroid fine-tuning; last.pt."""
-    name = f'{weights.stem}-shared{bits}'
+def unique_stems(files: list[Path]) -> list[str]:
+    """Names for the output files of each input checkpoint: its stem, or where stems repeat (two runs' best.pt) the
+    run folder too ('dns70-best' for runs/train/dns70/weights/best.pt), then a position suffix if still equal."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    named = []
+    for f in files:
+        run = f.parent.parent if f.parent.name == 'weights' else f.parent
+        named.append(f'{run.name}-{f.stem}' if run.name else f.stem)
+    return named if len(set(named)) == len(named) else [f'{n}-{i}' for i, n in enumerate(named)]
+
+
+def share_finetune(weights: Path, name: str, bits: int, opt: argparse.Namespace, save_dir: Path) -> Path:
+    """train.py --share-bits: weight sharing of ``weights`` + --share-epochs of centroid fine-tuning under the run
+    ``name``; returns its last.pt."""
     trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=opt.share_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, share_bits=bits,
                 share_step=opt.share_step, project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
@@ -272,18 +285,19 @@ def run(opt: argparse.Namespace) -> list[Row]:
                    f'in {time.time() - t0:.0f} s on {where}.')
         return publish(rows, save_dir, caption, structured=True)
     if opt.share_weights:
-        for w in map(Path, opt.share_weights):
+        files = list(map(Path, opt.share_weights))
+        for w, name in zip(files, unique_stems(files)):
             model = release_checkpoint(load(w))['model'].float()
             target = round(sparsity(model).prunable, 2)
-            add_deep_size(models_dir / f'{w.stem}.pt', one(model, Row('sparse', '-', target), w.stem))
+            add_deep_size(models_dir / f'{name}.pt', one(model, Row('sparse', '-', target), name))
             for b in opt.share_bits:
                 shared = release_checkpoint(load(w))['model'].float()
                 share_weights(shared, b)
-                stem = f'{w.stem}-shared{b}'
+                stem = f'{name}-shared{b}'
                 add_deep_size(models_dir / f'{stem}.pt', one(shared, Row(f'shared {b}-bit', '-', target, share_bits=b),
                                                              stem))
                 if opt.share_epochs > 0:
-                    last = share_finetune(w, b, opt, save_dir)
+                    last = share_finetune(w, stem, b, opt, save_dir)
                     row = Row(f'shared {b}-bit+ft', '-', target, epochs=opt.share_epochs, seed=opt.seeds[0],
                               share_bits=b)
                     add_deep_size(models_dir / f'{stem}-ft.pt', one(attempt_load(last, fuse=False), row, f'{stem}-ft'))

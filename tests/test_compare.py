@@ -99,3 +99,11 @@ def test_compare_share_weights_rows(tiny_data, tmp_path):
     conv = shared.model[2].cv1.conv.weight
     assert conv[conv != 0].unique().numel() <= 8  # the fine-tuned file holds exactly 2^3 shared values per layer
     assert 'step mean' in (tmp_path / 'compare' / 'comparison.md').read_text()
+
+
+def test_share_weights_output_names_are_unique():
+    """Two runs' last.pt must not overwrite each other's shared/coded files and fine-tuning runs."""
+    runs = [Path('runs/train/dns70/weights/last.pt'), Path('runs/train/dns90/weights/last.pt')]
+    assert compare.unique_stems(runs) == ['dns70-last', 'dns90-last']
+    assert compare.unique_stems([Path('a.pt'), Path('b.pt')]) == ['a', 'b']
+    assert compare.unique_stems([Path('x/last.pt'), Path('y/x/last.pt')]) == ['x-last-0', 'x-last-1']
