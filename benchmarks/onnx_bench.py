@@ -70,6 +70,7 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
                     export_onnx(model, torch.zeros(b, 3, n, n), f)
                     so = ort.SessionOptions()
                     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+                    so.add_session_config_entry('session.intra_op.allow_spinning', '0')  # no busy idle threads
                     sessions[label, (b, n)] = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
     finally:
         LOGGER.setLevel(level)
