@@ -2,6 +2,7 @@
 resumed transfers (Range), cut connections, corrupt zips, and the data-only ``download:`` entry of data yamls."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import re
@@ -109,26 +110,28 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serve(ranges: bool = True):
+@contextlib.contextmanager
+def serving(ranges: bool):
+    """A RangeServer on a background thread for the block, shut down and closed after it."""
     srv = RangeServer(ranges)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return srv
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture()
 def rserver():
-    srv = serve(ranges=True)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(ranges=True) as srv:
+        yield srv
 
 
 @pytest.fixture()
 def plain_server():
-    srv = serve(ranges=False)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(ranges=False) as srv:
+        yield srv
 
 
 PAYLOAD = bytes(range(256)) * 1200  # 307,200 bytes
