@@ -47,10 +47,11 @@ from utils.comparison import Row, merge, read_csv, write_all
 from utils.deep_compression import deep_report, export_deep, release_checkpoint
 from utils.dataloaders import check_dataset
 from utils.downloads import DownloadError, attempt_download
+from utils.channel_pruning import DEFAULT_IMPORTANCE, IMPORTANCES
 from utils.cli import float_in, int_at_least
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
-from utils.weight_sharing import share_weights
+from utils.weight_sharing import STEPS, share_weights
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 
@@ -119,8 +120,8 @@ def share_finetune(weights: Path, name: str, bits: int, opt: argparse.Namespace,
     ``name``; returns its last.pt."""
     trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=opt.share_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, share_bits=bits,
-                share_step=opt.share_step, project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True, noval=True,
-                noautoanchor=True, seed=opt.seeds[0])
+                share_step=opt.share_step, project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True,
+                noval=True, noautoanchor=True, seed=opt.seeds[0])
     return save_dir / 'train' / name / 'weights' / 'last.pt'
 
 
@@ -367,9 +368,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='channel pruning instead: one-shot (L1, |gamma|), + fine-tuning, slimming, channel DNS, with '
                         'params, GFLOPs, measured latency and a mAP-vs-latency plot; --amounts are channel fractions')
     p.add_argument('--channel-scope', choices=['layer', 'global'], default='layer', help='--structured: scope')
-    p.add_argument('--importances', nargs='+', choices=['l1', 'bn', 'group'], default=['l1', 'bn', 'group'],
+    p.add_argument('--importances', nargs='+', choices=IMPORTANCES, default=list(IMPORTANCES),
                    help='--structured: channel importances of the one-shot and one-shot+ft rows')
-    p.add_argument('--dns-importance', choices=['l1', 'bn', 'group'], default='group',
+    p.add_argument('--dns-importance', choices=IMPORTANCES, default=DEFAULT_IMPORTANCE,
                    help='--structured: channel importance of the channel DNS rows')
     p.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
                    help='--structured: kept channels rounded up to a multiple of N')
@@ -385,7 +386,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='--share-weights: bits per shared index, 2^B centroids per layer')
     p.add_argument('--share-epochs', type=int_at_least(0), default=1,
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
-    p.add_argument('--share-step', choices=['mean', 'sum'], default='mean',
+    p.add_argument('--share-step', choices=STEPS, default=STEPS[0],
                    help='--share-weights: centroid step of the fine-tuning (train.py --share-step)')
     p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
                    help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')

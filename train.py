@@ -39,8 +39,8 @@ from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
 from utils.channel_dns import ChannelDNS, channel_flops_line
-from utils.channel_pruning import (pruned_model_for_training, resized_layers, shrink_checkpoint,
-                                    zero_channel_fraction)
+from utils.channel_pruning import (DEFAULT_IMPORTANCE, IMPORTANCES, pruned_model_for_training, resized_layers,
+                                    shrink_checkpoint, zero_channel_fraction)
 from utils.checkpoint import CheckpointError, load, strip_optimizer
 from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
@@ -56,6 +56,7 @@ from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingErr
                                ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, make_sharing, make_slimming,
                                multi_scale, opt_dict, restore_training_state, resume_opt, save_training_checkpoint,
                                warmup, warmup_accumulate)
+from utils.weight_sharing import STEPS
 
 TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
@@ -484,7 +485,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--dns-granularity', choices=['weight', 'channel'], default=None,
         help='DNS: mask single weights (default) or whole output channels (channel DNS: S is the fraction of '
              'prunable channels; best.pt/last.pt are physically smaller, faster models)')
-    add('--prune-importance', choices=['l1', 'bn', 'group'], default=None,
+    add('--prune-importance', choices=IMPORTANCES, default=None,
         help='channel DNS: rank channels by filters + BN + readers, normalised (group, default), by |BatchNorm '
              'gamma| (bn) or by the mean |w| of their filters (l1)')
     add('--prune-round', type=int_at_least(1), default=None, metavar='N',
@@ -498,7 +499,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--share-bits', type=share_bits, default=None,
         help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
              'fine-tune the centroids; 2 <= B <= 8')
-    add('--share-step', choices=['mean', 'sum'], default='mean',
+    add('--share-step', choices=STEPS, default=STEPS[0],
         help="--share-bits: a centroid's LR is LR/members ('mean': its members' average step) or LR ('sum', "
              "the summed gradient as is)")
     return parser.parse_args(argv)
@@ -538,7 +539,7 @@ def check_dns_opt(opt: argparse.Namespace) -> None:
         raise TrainingError(f"--prune-{'importance' if opt.prune_importance else 'round'} needs "
                             f"--dns-granularity channel")
     if opt.dns_granularity == 'channel':
-        opt.prune_importance = opt.prune_importance or 'group'
+        opt.prune_importance = opt.prune_importance or DEFAULT_IMPORTANCE
         opt.prune_round = opt.prune_round or 1
     if opt.dns_surgery_epochs is None:
         opt.dns_surgery_epochs = max(1, opt.epochs // 2)  # first half surgery, second half fixed-mask fine-tuning

@@ -65,21 +65,31 @@ def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def ort_cpu_session(file: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session for timing (``threads`` intra-op threads, or its default), with idle-thread
+    spinning off: ONNX Runtime's idle intra-op threads spin by default, and interleaved with other timed runs
+    (PyTorch, other sessions) they take the cores and slow whatever runs next (measured: the dense torch row 1.3x
+    slower, the same-compute control reading 1.55x)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(str(file), so, providers=['CPUExecutionProvider'])
+
+
 def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Callable[[], None] | None:
     """ONNX Runtime (CPU) session of ``model`` exported at x's shape, or None without onnx/onnxruntime."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (only whether it is installed: ort_cpu_session imports it)
 
         from utils.export import export_onnx
     except ImportError:
         return None
     f = tmp / f"{name.replace(' ', '_').replace('%', '')}.onnx"
     export_onnx(copy.deepcopy(model).float().cpu(), x.float().cpu(), f)
-    so = ort.SessionOptions()
-    # ONNX Runtime's idle intra-op threads spin by default: interleaved with PyTorch runs they take its cores and
-    # slow whichever torch model runs next (measured: the dense row 1.3x slower, the same-compute control 1.55x)
-    so.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    session = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
+    session = ort_cpu_session(f)
     feed = {session.get_inputs()[0].name: x.float().cpu().numpy()}
     return lambda: session.run(None, feed)
 

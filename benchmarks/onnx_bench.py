@@ -15,9 +15,9 @@ CPU (they only ever add time); the median shows how much they added.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import functools
 import tempfile
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
     import onnxruntime as ort
     import torch
 
-    from benchmarks.latency_bench import timings
+    from benchmarks.latency_bench import ort_cpu_session, timings
     from models.experimental import attempt_load, prepare_model
     from utils.export import export_onnx
     from utils.general import LOGGER
@@ -68,10 +68,7 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
                     sparsity[label] = report.prunable
                     f = Path(tmp) / f'm{k}_{b}x{n}.onnx'
                     export_onnx(model, torch.zeros(b, 3, n, n), f)
-                    so = ort.SessionOptions()
-                    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-                    so.add_session_config_entry('session.intra_op.allow_spinning', '0')  # no busy idle threads
-                    sessions[label, (b, n)] = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
+                    sessions[label, (b, n)] = ort_cpu_session(f, threads)
     finally:
         LOGGER.setLevel(level)
 

@@ -75,9 +75,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
 
     When ``prune`` > 0: granularity 'weight' zeroes that fraction of the unfused conv weights in place (what a
     pruned checkpoint holds; fusing keeps zeros zero); 'channel' physically removes that fraction of the prunable
-    output channels (utils/channel_pruning.py, ranked by ``prune_importance``: 'group' when None, 'l1' or 'bn';
-    kept counts rounded up to a multiple of ``prune_round``) and logs parameters and GFLOPs before and after. Otherwise the model's sparsity
-    is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
+    output channels (utils/channel_pruning.py, ranked by ``prune_importance``: DEFAULT_IMPORTANCE when None, 'l1' or
+    'bn'; kept counts rounded up to a multiple of ``prune_round``) and logs parameters and GFLOPs before and after.
+    Otherwise the model's sparsity is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
     Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
     are in the file (report None); pruning it is refused.
     """
@@ -92,12 +92,12 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
         return model.eval(), None
     models = list(model) if isinstance(model, Ensemble) else [model]
     if prune and prune_granularity == 'channel':
-        from utils.channel_pruning import prune_channels
+        from utils.channel_pruning import DEFAULT_IMPORTANCE, prune_channels
         from utils.torch_utils import model_info
         for m in models:
             LOGGER.info('Before channel pruning:')
             model_info(m)
-            prune_channels(m, prune, prune_scope, prune_importance or 'group', prune_round)
+            prune_channels(m, prune, prune_scope, prune_importance or DEFAULT_IMPORTANCE, prune_round)
         report = sparsity(model)
         LOGGER.info(f'Model {report}')
     elif prune:

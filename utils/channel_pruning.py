@@ -34,6 +34,7 @@ from utils.sparsity import unwrap_model as unwrap
 LOGGER = logging.getLogger('yolov5')
 
 IMPORTANCES = ('l1', 'bn', 'group')
+DEFAULT_IMPORTANCE = 'group'  # what val.py, detect.py and train.py rank by unless told: best after fine-tuning
 SCOPES = ('layer', 'global')
 
 

@@ -47,6 +47,8 @@ def prune_amount(s: str) -> float:
 
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """The pruning flags shared by val.py and detect.py (applied after loading, before fusing)."""
+    from utils.channel_pruning import IMPORTANCES
+
     parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='prune this fraction before evaluating, 0 <= AMOUNT < 1: of the Conv2d weights '
                              '(smallest |w|, zeroed) or, with --prune-granularity channel, of the prunable output '
@@ -57,7 +59,7 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--prune-granularity', default='weight', choices=('weight', 'channel'),
                         help='weight: zero single weights (sparse, same speed); channel: remove whole output '
                              'channels with everything that reads them (faster)')
-    parser.add_argument('--prune-importance', default=None, choices=('l1', 'bn', 'group'),
+    parser.add_argument('--prune-importance', default=None, choices=IMPORTANCES,
                         help='channel ranking: group = filters + BN + readers, normalised (default; best after '
                              'fine-tuning), l1 = mean |w| of the filters, bn = |BatchNorm gamma| (network '
                              'slimming, use after train.py --slim)')
