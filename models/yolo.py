@@ -58,20 +58,54 @@ class Detect(nn.Module):
 
     def forward(self, x: list[torch.Tensor]):
         """Train: list of (bs, na, ny, nx, no) raw maps. Eval: (decoded (bs, N, no), raw maps)."""
+        if not self.training and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return self._decode_into(x)
         z = []
         for i in range(self.nl):
-            x[i] = self.m[i](x[i])
-            bs, _, ny, nx = x[i].shape
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            x[i] = self._raw(x[i], i)
             if not self.training:
-                g = self.grid[i]
-                if g.shape[2:4] != x[i].shape[2:4] or g.device != x[i].device or g.dtype != x[i].dtype:
-                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i, x[i])
+                self._check_grid(x[i], i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + self.grid[i]) * self.stride[i]  # pixels
                 wh = (wh * 2) ** 2 * self.anchor_grid[i]  # pixels
+                bs, _, ny, nx, _ = x[i].shape
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else (torch.cat(z, 1), x)
+
+    def _raw(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Level i's 1x1 conv, as (bs, na, ny, nx, no) contiguous raw outputs."""
+        x = self.m[i](x)
+        bs, _, ny, nx = x.shape
+        return x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+
+    def _check_grid(self, x: torch.Tensor, i: int) -> None:
+        """Rebuild level i's grid caches when the raw map x (bs, na, ny, nx, no) changed size, device or dtype."""
+        g = self.grid[i]
+        if g.shape[2:4] != x.shape[2:4] or g.device != x.device or g.dtype != x.dtype:
+            self.grid[i], self.anchor_grid[i] = self._make_grid(x.shape[3], x.shape[2], i, x)
+
+    def _decode_into(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Eval without autograd: the same decode with the same float operations (bitwise the same output), written
+        level by level into one preallocated (bs, N, no) tensor instead of split + two concatenations (two or, at
+        batch 1, three fewer passes over the largest tensors of the model)."""
+        n = sum(self.na * f.shape[2] * f.shape[3] for f in x)  # anchors over all levels
+        out, start = None, 0
+        for i in range(self.nl):
+            x[i] = r = self._raw(x[i], i)
+            self._check_grid(r, i)
+            bs, na, ny, nx, no = r.shape
+            if out is None:
+                out = r.new_empty((bs, n, no))
+            y = out[:, start:start + na * ny * nx].view(bs, na, ny, nx, no)
+            start += na * ny * nx
+            if bs == 1:  # same shape and layout as r: the same vectorised loop, so the same last bits
+                torch.sigmoid(r, out=y)
+            else:  # y is strided over the batch; a sigmoid straight into it would round some tail elements apart
+                y.copy_(r.sigmoid())
+            xy, wh = y[..., :2], y[..., 2:4]
+            xy.copy_((xy * 2 + self.grid[i]) * self.stride[i])  # pixels
+            wh.copy_((wh * 2) ** 2 * self.anchor_grid[i])  # pixels
+        return out, x
 
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (minus 0.5, so that xy = (2*sigmoid - 0.5 + cell) * stride) and anchor sizes in pixels."""

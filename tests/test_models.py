@@ -112,6 +112,24 @@ def test_fuse_equivalence():
     assert rel.max() < 1e-4
 
 
+@pytest.mark.parametrize('cfg', ['yolov5n.yaml', 'yolov5n6.yaml'])
+def test_detect_decode_paths_identical(cfg):
+    """Eval without autograd decodes into one preallocated tensor; with autograd (and when traced for export) the
+    split/cat decode runs. Both must give bitwise the same predictions and raw maps, at two sizes (grid rebuild)."""
+    torch.manual_seed(0)
+    m = DetectionModel(cfg, nc=3).eval()
+    for shape in ((2, 3, 128, 192), (1, 3, 64, 64)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            fast, fast_raw = m(x)
+        with torch.enable_grad():
+            slow, slow_raw = m(x)
+        assert slow.requires_grad and not fast.requires_grad
+        assert torch.equal(fast, slow.detach())
+        assert all(torch.equal(a, b.detach()) for a, b in zip(fast_raw, slow_raw))
+        assert all(r.is_contiguous() for r in fast_raw)
+
+
 def test_unknown_module_is_clear_error():
     d = {'nc': 1, 'depth_multiple': 1, 'width_multiple': 1, 'anchors': [[10, 13]],
          'backbone': [[-1, 1, 'os.system', ['x']]], 'head': []}
