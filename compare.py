@@ -43,12 +43,12 @@ import train as trainer
 import val as validate
 from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
-from utils.comparison import Row, merge, read_csv, write_all
+from utils.comparison import Row, merge, read_csv, unique_stems, write_all
 from utils.deep_compression import deep_report, export_deep, release_checkpoint
 from utils.dataloaders import check_dataset
 from utils.downloads import DownloadError, attempt_download
 from utils.channel_pruning import DEFAULT_IMPORTANCE, IMPORTANCES
-from utils.cli import float_in, int_at_least
+from utils.cli import float_in, int_at_least, round_multiple
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
 from utils.weight_sharing import STEPS, share_weights
@@ -100,19 +100,6 @@ def add_deep_size(file: Path, row: Row) -> Row:
     report = deep_report(export_deep(file))
     row.size_deep_mb, row.ratio_fp32, row.ratio_fp16 = report.file_bytes / 1e6, report.ratio_fp32, report.ratio_fp16
     return row
-
-
-def unique_stems(files: list[Path]) -> list[str]:
-    """Names for the output files of each input checkpoint: its stem, or where stems repeat (two runs' best.pt) the
-    run folder too ('dns70-best' for runs/train/dns70/weights/best.pt), then a position suffix if still equal."""
-    stems = [f.stem for f in files]
-    if len(set(stems)) == len(stems):
-        return stems
-    named = []
-    for f in files:
-        run = f.parent.parent if f.parent.name == 'weights' else f.parent
-        named.append(f'{run.name}-{f.stem}' if run.name else f.stem)
-    return named if len(set(named)) == len(named) else [f'{n}-{i}' for i, n in enumerate(named)]
 
 
 def share_finetune(weights: Path, name: str, bits: int, opt: argparse.Namespace, save_dir: Path) -> Path:
@@ -179,11 +166,14 @@ def channel_dns_kw(amount: float, opt: argparse.Namespace, importance: str, surg
 
 def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
     """Fill gflops and latency_ms of every row: its saved model, fused, batch 1 at --latency-img, all rows timed
-    in one interleaved session (benchmarks/latency_bench.measure), median of --latency-repeats."""
-    from benchmarks.latency_bench import torch_runner, measure
+    in one interleaved session (benchmarks/latency_bench.measure), median of --latency-repeats, freed memory kept
+    in the process (latency_bench.keep_freed_memory: no page faults for every run's activations)."""
+    from benchmarks.latency_bench import keep_freed_memory, measure, torch_runner
     from utils.torch_utils import model_flops
 
     device = select_device(opt.device)
+    if device.type == 'cpu':
+        keep_freed_memory()
     models = {}
     for i, r in enumerate(rows):
         m = attempt_load(r.weights, device=device)  # fused, eval
@@ -372,8 +362,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='--structured: channel importances of the one-shot and one-shot+ft rows')
     p.add_argument('--dns-importance', choices=IMPORTANCES, default=DEFAULT_IMPORTANCE,
                    help='--structured: channel importance of the channel DNS rows')
-    p.add_argument('--prune-round', type=int_at_least(1), default=1, metavar='N',
-                   help='--structured: kept channels rounded up to a multiple of N')
+    p.add_argument('--prune-round', type=round_multiple, default=1, metavar='N',
+                   help="--structured: kept channels rounded up to a multiple of N (auto: the device's kernel width)")
     p.add_argument('--slim-lambda', type=float_in(0, math.inf, hi_open=True), default=1e-2, metavar='LAMBDA',
                    help='--structured: network slimming penalty of the slim+ft rows (0 skips them)')
     p.add_argument('--peer', action='store_true',
@@ -396,6 +386,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if opt.amounts is None:  # channel fraction 0.3 leaves about half of the FLOPs
         opt.amounts = [0.3] if opt.structured else [0.3, 0.5, 0.7]
+    from utils.channel_pruning import resolve_round
+    opt.prune_round = resolve_round(opt.prune_round, opt.device)
     return opt
 
 

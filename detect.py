@@ -217,7 +217,7 @@ def run(
         prune_scope: str = 'layer',  # 'layer': that fraction of every layer; 'global': one threshold for all
         prune_granularity: str = 'weight',  # 'channel': remove whole output channels (a smaller, faster model)
         prune_importance: str | None = None,  # channel ranking: 'group' (default: filters + BN + readers), 'l1', 'bn'
-        prune_round: int = 1,  # channel: kept channels per group rounded up to a multiple of this
+        prune_round: int | str = 1,  # channel: kept channels per group rounded up to a multiple of this
 ) -> DetectResult:
     """Detect objects in ``source``; returns a DetectResult (save_dir, per-image detections in original-image
     pixels, counts, speed in ms per image, weight sparsity).

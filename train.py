@@ -44,7 +44,7 @@ from utils.channel_pruning import (DEFAULT_IMPORTANCE, IMPORTANCES, pruned_model
 from utils.checkpoint import CheckpointError, load, strip_optimizer
 from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
-from utils.cli import float_in, int_at_least
+from utils.cli import float_in, int_at_least, round_multiple
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, intersect_dicts, set_logging,
                            yaml_load, yaml_save)
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -488,8 +488,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--prune-importance', choices=IMPORTANCES, default=None,
         help='channel DNS: rank channels by filters + BN + readers, normalised (group, default), by |BatchNorm '
              'gamma| (bn) or by the mean |w| of their filters (l1)')
-    add('--prune-round', type=int_at_least(1), default=None, metavar='N',
-        help='channel DNS: kept channels per group rounded up to a multiple of N (default 1)')
+    add('--prune-round', type=round_multiple, default=None, metavar='N',
+        help="channel DNS: kept channels per group rounded up to a multiple of N (default 1); auto = the device's "
+             'kernel width (16 on AVX-512 CPUs, 8 on other CPUs and on CUDA)')
     add('--slim', type=float_in(0, math.inf, hi_open=True), default=0.0, metavar='LAMBDA',
         help='network slimming (Liu et al. 2017): L1 penalty LAMBDA * sum|gamma| on the BatchNorm scales of the '
              'prunable channels; then prune with --prune-granularity channel --prune-importance bn')

@@ -250,7 +250,7 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
         prune_scope: str = 'layer',
         prune_granularity: str = 'weight',  # 'channel': remove whole output channels (utils/channel_pruning.py)
         prune_importance: str | None = None,  # channel ranking: 'group' (default: filters + BN + readers), 'l1', 'bn'
-        prune_round: int = 1) -> tuple[tuple[float, ...], np.ndarray, tuple[float, float, float]]:
+        prune_round: int | str = 1) -> tuple[tuple[float, ...], np.ndarray, tuple[float, float, float]]:
     """Evaluate a detector; returns ((P, R, mAP50, mAP50-95, *val losses), maps per class, (pre, infer, NMS) ms/img)."""
     training = model is not None
     report, own_dir, coco = None, False, None

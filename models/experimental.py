@@ -70,13 +70,13 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
 
 def prepare_model(model: nn.Module, device: torch.device | str, half: bool = False, prune: float = 0.0,
                   prune_scope: str = 'layer', prune_granularity: str = 'weight', prune_importance: str | None = None,
-                  prune_round: int = 1):
+                  prune_round: int | str = 1):
     """Ready a freshly loaded, unfused model (or Ensemble) for inference; returns (model, SparsityReport).
 
     When ``prune`` > 0: granularity 'weight' zeroes that fraction of the unfused conv weights in place (what a
     pruned checkpoint holds; fusing keeps zeros zero); 'channel' physically removes that fraction of the prunable
     output channels (utils/channel_pruning.py, ranked by ``prune_importance``: DEFAULT_IMPORTANCE when None, 'l1' or
-    'bn'; kept counts rounded up to a multiple of ``prune_round``) and logs parameters and GFLOPs before and after.
+    'bn'; kept counts rounded up to a multiple of ``prune_round``, 'auto': the device's kernel width) and logs parameters and GFLOPs before and after.
     Otherwise the model's sparsity is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
     Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
     are in the file (report None); pruning it is refused.
@@ -92,8 +92,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
         return model.eval(), None
     models = list(model) if isinstance(model, Ensemble) else [model]
     if prune and prune_granularity == 'channel':
-        from utils.channel_pruning import DEFAULT_IMPORTANCE, prune_channels
+        from utils.channel_pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
         from utils.torch_utils import model_info
+        prune_round = resolve_round(prune_round, device)
         for m in models:
             LOGGER.info('Before channel pruning:')
             model_info(m)

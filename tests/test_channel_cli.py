@@ -34,16 +34,20 @@ def test_val_channel_pruning_writes_smaller_params(tiny_data, tmp_path):
                   plots=False)
     val.run(**common, name='dense')
     val.run(**common, name='ch', prune=0.3, prune_granularity='channel', prune_round=8)
-    dense, pruned = (json.loads((tmp_path / n / 'metrics.json').read_text()) for n in ('dense', 'ch'))
+    val.run(**common, name='auto', prune=0.3, prune_granularity='channel', prune_round='auto')
+    dense, pruned, auto = (json.loads((tmp_path / n / 'metrics.json').read_text()) for n in ('dense', 'ch', 'auto'))
     assert pruned['prune_granularity'] == 'channel' and pruned['params'] < 0.7 * dense['params']
     assert pruned['sparsity'] == pytest.approx(0.0, abs=1e-3)  # removed, not zeroed
+    assert auto['params'] < dense['params']  # rounded to the CPU's kernel width (8 or 16) instead of 8
 
 
 def test_val_cli_flags_and_errors(capsys):
     opt = val.parse_opt(['--prune', '0.3', '--prune-granularity', 'channel', '--prune-importance', 'bn',
                          '--prune-round', '8'])
     assert (opt.prune_granularity, opt.prune_importance, opt.prune_round) == ('channel', 'bn', 8)
-    for bad in (['--prune-granularity', 'filter'], ['--prune-round', '0'], ['--prune-importance', 'l2']):
+    assert val.parse_opt(['--prune-round', 'auto']).prune_round == 'auto'
+    for bad in (['--prune-granularity', 'filter'], ['--prune-round', '0'], ['--prune-importance', 'l2'],
+                ['--prune-round', 'fast']):
         with pytest.raises(SystemExit) as e:
             val.parse_opt(bad)
         assert e.value.code == 2

@@ -137,6 +137,16 @@ def test_layer_scope_prunes_each_group_and_never_empties(v5n):
     assert all(int(k.sum()) >= 1 for k in keep)
 
 
+def test_channel_multiple_follows_the_kernel_width():
+    from utils.channel_pruning import channel_multiple, resolve_round
+
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+    assert channel_multiple('cpu') == channel_multiple(torch.device('cpu')) == (16 if avx512 else 8)
+    assert channel_multiple('0') == channel_multiple('cuda:1') == channel_multiple(torch.device('cuda', 0)) == 8
+    assert channel_multiple('') == (8 if torch.cuda.is_available() else channel_multiple('cpu'))
+    assert resolve_round('auto', 'cpu') == channel_multiple('cpu') and resolve_round(4, 'cpu') == 4
+
+
 def test_round_to_keeps_multiples_of_8(v5n):
     m = copy.deepcopy(v5n)
     prune_channels(m, 0.37, scope='global', importance='bn', round_to=8)

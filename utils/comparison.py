@@ -292,3 +292,16 @@ def write_all(rows: list[Row], save_dir: Path, caption: str = '', structured: bo
                   + (f'\n{caption}\n' if caption else ''))
     png = (plot_pareto if structured else plot)(rows, save_dir / 'comparison.png')
     return {'csv': write_csv(rows, save_dir / 'comparison.csv'), 'md': md, 'png': png}
+
+
+def unique_stems(files: list[Path]) -> list[str]:
+    """Names for the output files of each input checkpoint: its stem, or where stems repeat (two runs' best.pt) the
+    run folder too ('dns70-best' for runs/train/dns70/weights/best.pt), then a position suffix if still equal."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    named = []
+    for f in files:
+        run = f.parent.parent if f.parent.name == 'weights' else f.parent
+        named.append(f'{run.name}-{f.stem}' if run.name else f.stem)
+    return named if len(set(named)) == len(named) else [f'{n}-{i}' for i, n in enumerate(named)]

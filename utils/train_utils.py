@@ -279,7 +279,9 @@ def make_dns(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs: i
     try:
         if channel:
             from utils.channel_dns import ChannelDNS
-            dns = ChannelDNS(model, importance=opt.prune_importance, round_to=opt.prune_round, **kw)
+            from utils.channel_pruning import resolve_round
+            round_to = resolve_round(opt.prune_round, next(model.parameters()).device)
+            dns = ChannelDNS(model, importance=opt.prune_importance, round_to=round_to, **kw)
         else:
             dns = DNS(model, **kw)
         if state is not None:
