@@ -2,22 +2,31 @@
 
 Usage:
     python benchmarks/latency_bench.py                                  # yolov5n + yolov5s, CPU, 1x640 and 32x256
-    python benchmarks/latency_bench.py --cfgs yolov5s.yaml --flops 0.5 --shapes 1x640
+    python benchmarks/latency_bench.py --cfgs yolov5s.yaml --flops 0.5 --shapes 1x640 --channels-last
     python benchmarks/latency_bench.py --weights data/weights/yolov5n-shapes.pt runs/train/exp/weights/best.pt
     python benchmarks/latency_bench.py --device 0 --half                  # CUDA FP16 (benchmarks/gpu_check.py)
 
 Variants of each model (random init from --cfgs, or the first of --weights as the dense model):
 - dense: the model as built/loaded;
 - weight 50 %: unstructured magnitude pruning (zeros in dense tensors: no faster, shown as the control);
-- channel l1 / channel l1 r8: `prune_channels` at the channel fraction that leaves --flops of the FLOPs
-  (`amount_for_flops`), kept counts as they fall / rounded up to multiples of 8;
+- channel: `prune_channels` (layer scope, default importance) at the channel fraction that leaves --flops of the
+  FLOPs (`amount_for_flops`), kept counts as they fall;
+- channel rN: the same FLOPs with kept counts rounded up to N = the device's kernel width
+  (`channel_multiple`: 16 on AVX-512 CPUs, 8 on other CPUs and CUDA), global scope (per-layer rounding to 16 of
+  narrow layers jumps past the FLOPs target);
 - every further --weights file as it is (e.g. a channel-DNS best.pt), compared with the first.
-With --onnx each variant is also exported to ONNX and run with ONNX Runtime (CPU), when onnxruntime is installed.
+Backends: PyTorch (NCHW), with --channels-last also PyTorch in channels-last memory format (NHWC: oneDNN then
+skips the per-layer layout conversions), with --onnx also ONNX Runtime (CPU), when onnxruntime is installed.
+Speed-ups compare with the dense model on the same backend.
 
 All models are fused, in eval mode, run under torch.inference_mode with torch's default thread count (printed).
-Timing: after warm-up, --repeats rounds; each round times every variant once, in rotating order, so background load
+Timing: after warm-up, --repeats rounds; each round times every variant once, in a random order, so background load
 hits all of them alike; the fastest run per variant is reported in ms per image (other jobs only ever add time),
 with its speed-up over dense. The 'weight 50%' row is the control: same dense compute, so its ratio shows the noise.
+On glibc, freed memory is kept in the process (`keep_freed_memory`, off with --no-keep-memory): by default glibc
+hands every large activation buffer back to the kernel after each layer and the next forward pays page faults for
+it again, a cost that grows with the activations and drifts with the machine's memory state (measured here: the
+same two models ran 45-47 ms with it and 56-72 ms without, ratios 1.31-1.43x vs 1.02-1.29x).
 """
 from __future__ import annotations
 
@@ -42,19 +51,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def variants(model: nn.Module, flops: float, imgsz: int) -> dict[str, nn.Module]:
-    """Dense, 50 % unstructured and channel-pruned (l1 at ``flops`` of the FLOPs, plain and rounded to 8) copies."""
-    from utils.channel_pruning import amount_for_flops, prune_channels
+def variants(model: nn.Module, flops: float, imgsz: int, round_to: int = 16) -> dict[str, nn.Module]:
+    """Dense, 50 % unstructured and channel-pruned copies at ``flops`` of the FLOPs: layer scope with kept counts as
+    they fall, and global scope with kept counts rounded up to ``round_to`` (named 'channel' and f'channel r{round_to}')."""
+    from utils.channel_pruning import DEFAULT_IMPORTANCE, amount_for_flops, prune_channels
     from utils.sparsity import prune
 
     out = {'dense': copy.deepcopy(model)}
     out['weight 50%'] = copy.deepcopy(model)
     prune(out['weight 50%'], 0.5)
-    for name, r in (('channel l1', 1), ('channel l1 r8', 8)):
-        amount = amount_for_flops(model, flops, round_to=r, imgsz=imgsz)
+    for name, scope, r in (('channel', 'layer', 1), (f'channel r{round_to}', 'global', round_to)):
+        amount = amount_for_flops(model, flops, scope, DEFAULT_IMPORTANCE, round_to=r, imgsz=imgsz)
         out[name] = copy.deepcopy(model)
-        prune_channels(out[name], amount, round_to=r)
+        prune_channels(out[name], amount, scope, DEFAULT_IMPORTANCE, round_to=r)
     return out
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process (no mmap for large blocks, no trimming), as jemalloc/tcmalloc
+    do (the allocators Intel's PyTorch CPU tuning guide recommends): every forward then reuses the pages of the last
+    one instead of faulting in fresh ones. Returns whether it took effect (False off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -97,14 +122,17 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Cal
 def timings(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
             warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of every call of each runner, after ``warmup`` untimed calls each, interleaved over ``repeats`` rounds
-    in rotating order (machine load then affects every runner alike)."""
+    in a new random order each round (seeded): machine load then affects every runner alike, and no runner always
+    follows the same other one (what runs just before, e.g. a model that evicts the caches, changes a run's time)."""
+    import random
+
     for run in runners.values():
         for _ in range(warmup):
             run()
     _sync(device)
-    names, times = list(runners), {n: [] for n in runners}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+    names, times, rng = list(runners), {n: [] for n in runners}, random.Random(0)
+    for _ in range(repeats):
+        for n in rng.sample(names, len(names)):
             t = time.perf_counter()
             runners[n]()
             _sync(device)
@@ -121,26 +149,34 @@ def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeat
 
 def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: float = 0.5,
         shapes: list[tuple[int, int]] = ((1, 640), (32, 256)), device: str = 'cpu', half: bool = False,
-        repeats: int = 10, onnx: bool = False) -> list[dict]:
+        repeats: int = 10, onnx: bool = False, channels_last: bool = False, keep_memory: bool = True) -> list[dict]:
     """Print one table per model and shape; returns rows {model, variant, backend, batch, imgsz, ms, speedup, ...}."""
     import tempfile
 
     from models.experimental import attempt_load
     from models.yolo import DetectionModel
+    from utils.channel_pruning import channel_multiple
     from utils.torch_utils import model_flops, select_device
 
     dev = select_device(device)
     half &= dev.type == 'cuda'
+    kept = keep_memory and dev.type == 'cpu' and keep_freed_memory()
+    r = channel_multiple(dev)
     models: dict[str, dict[str, nn.Module]] = {}
     if weights:
+        from utils.comparison import unique_stems
+
+        names = unique_stems([Path(w) for w in weights])  # two runs' last.pt get their run folders' names
         dense = attempt_load(weights[0], fuse=False)
-        models[Path(weights[0]).stem] = {**variants(dense, flops, 640),
-                                        **{Path(w).stem: attempt_load(w, fuse=False) for w in weights[1:]}}
+        models[names[0]] = {**variants(dense, flops, 640, r),
+                            **{n: attempt_load(w, fuse=False) for n, w in zip(names[1:], weights[1:])}}
     for cfg in cfgs or []:
         torch.manual_seed(0)
-        models[Path(cfg).stem] = variants(DetectionModel(cfg).eval(), flops, 640)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, '
-          f"{'FP16' if half else 'FP32'}, {repeats} interleaved repeats, fastest run")
+        models[Path(cfg).stem] = variants(DetectionModel(cfg).eval(), flops, 640, r)
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev} '
+          f'({torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else "CUDA"}: kernel width {r} channels), '
+          f"{'FP16' if half else 'FP32'}, {repeats} interleaved repeats, fastest run"
+          f"{', freed memory kept in the process' if kept else ''}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name, group in models.items():
@@ -152,6 +188,11 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
             for batch, imgsz in shapes:
                 x = torch.zeros(batch, 3, imgsz, imgsz, device=dev, dtype=torch.half if half else torch.float)
                 runners = {(n, 'torch'): torch_runner(m, x) for n, m in group.items()}
+                if channels_last:
+                    xc = x.contiguous(memory_format=torch.channels_last)
+                    for n, m in group.items():
+                        mc = copy.deepcopy(m).to(memory_format=torch.channels_last)
+                        runners[(n, 'torch NHWC')] = torch_runner(mc, xc)
                 if onnx:
                     for n, m in group.items():
                         r = _onnx_runner(m, x, Path(tmp), f'{model_name}-{n}-{batch}x{imgsz}')
@@ -188,12 +229,16 @@ def main() -> None:
     p.add_argument('--half', action='store_true', help='FP16 (CUDA only)')
     p.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
     p.add_argument('--onnx', action='store_true', help='also time ONNX Runtime (CPU) on each variant')
+    p.add_argument('--channels-last', action='store_true', help='also time PyTorch in channels-last (NHWC) format')
+    p.add_argument('--no-keep-memory', action='store_true',
+                   help="leave glibc's default of returning large freed blocks to the kernel (page faults each run)")
     opt = p.parse_args()
     if opt.cfgs is None and not opt.weights:
         opt.cfgs = ['yolov5n.yaml', 'yolov5s.yaml']
     from utils.general import set_logging
     set_logging(verbose=False)
-    run(opt.cfgs, opt.weights, opt.flops, opt.shapes, opt.device, opt.half, opt.repeats, opt.onnx)
+    run(opt.cfgs, opt.weights, opt.flops, opt.shapes, opt.device, opt.half, opt.repeats, opt.onnx, opt.channels_last,
+        not opt.no_keep_memory)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """Smoke tests: the benchmark scripts run end to end on tiny inputs and print their numbers (no timing asserted)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from benchmarks import dns_bench
@@ -32,14 +34,41 @@ def test_onnx_bench_prints_ratio_table(capsys):
 
 def test_latency_bench_prints_speedups(capsys):
     from benchmarks import latency_bench
+    from utils.channel_pruning import channel_multiple
 
-    rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True)
+    rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True,
+                             channels_last=True, keep_memory=False)
     out = capsys.readouterr().out
+    r = channel_multiple('cpu')
     variants = {r['variant'] for r in rows}
-    assert variants == {'dense', 'weight 50%', 'channel l1', 'channel l1 r8'}
-    assert {r['backend'] for r in rows} == {'torch', 'onnxruntime'}
+    assert variants == {'dense', 'weight 50%', 'channel', f'channel r{r}'}
+    assert {r['backend'] for r in rows} == {'torch', 'torch NHWC', 'onnxruntime'}
     by = {(r['variant'], r['backend']): r for r in rows}
-    assert by[('dense', 'torch')]['speedup'] == 1.0
-    assert by[('channel l1', 'torch')]['gflops'] < 0.55 * by[('dense', 'torch')]['gflops']
+    assert by[('dense', 'torch')]['speedup'] == 1.0 and by[('dense', 'torch NHWC')]['speedup'] == 1.0
+    dense = by[('dense', 'torch')]['gflops']
+    assert by[('channel', 'torch')]['gflops'] < 0.55 * dense
+    assert 0.4 * dense < by[(f'channel r{r}', 'torch')]['gflops'] < 0.55 * dense
     assert by[('weight 50%', 'torch')]['params'] == by[('dense', 'torch')]['params']
-    assert 'speed-up' in out and 'yolov5n, batch 1 at 64 px' in out
+    assert 'speed-up' in out and 'yolov5n, batch 1 at 64 px' in out and f'kernel width {r} channels' in out
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    """mallopt changes the whole process: run it in a child."""
+    import platform
+    import subprocess
+    import sys
+
+    code = 'from benchmarks.latency_bench import keep_freed_memory as k; print(k())'
+    out = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(platform.libc_ver()[0] == 'glibc')
+
+
+def test_width_bench_prints_times(capsys):
+    from benchmarks import width_bench
+
+    rows = width_bench.run(sizes=[16], widths=[8, 16], kernels=[3], repeats=1)
+    out = capsys.readouterr().out
+    assert [(r['channels'], r['format']) for r in rows] == [(8, 'NCHW'), (8, 'NHWC'), (16, 'NCHW'), (16, 'NHWC')]
+    assert all(r['ms'] > 0 and r['gflops_per_s'] > 0 for r in rows)
+    assert '16x16 px' in out and 'kernel width' in out
