@@ -24,9 +24,9 @@ Timing: after warm-up, --repeats rounds; each round times every variant once, in
 hits all of them alike; the fastest run per variant is reported in ms per image (other jobs only ever add time),
 with its speed-up over dense. The 'weight 50%' row is the control: same dense compute, so its ratio shows the noise.
 On glibc, freed memory is kept in the process (`keep_freed_memory`, off with --no-keep-memory): by default glibc
-hands every large activation buffer back to the kernel after each layer and the next forward pays page faults for
-it again, a cost that grows with the activations and drifts with the machine's memory state (measured here: the
-same two models ran 45-47 ms with it and 56-72 ms without, ratios 1.31-1.43x vs 1.02-1.29x).
+hands large freed blocks (the activations) back to the kernel and the next forward faults their pages in again, a
+cost that drifts with the machine's memory state (measured, yolov5n 1x640 dense / r16: 61.4 / 48.0 ms without,
+49.7 / 35.9 ms with; another pair of runs showed no difference).
 """
 from __future__ import annotations
 
