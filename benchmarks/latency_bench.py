@@ -53,7 +53,8 @@ def _sync(device: torch.device) -> None:
 
 def variants(model: nn.Module, flops: float, imgsz: int, round_to: int = 16) -> dict[str, nn.Module]:
     """Dense, 50 % unstructured and channel-pruned copies at ``flops`` of the FLOPs: layer scope with kept counts as
-    they fall, and global scope with kept counts rounded up to ``round_to`` (named 'channel' and f'channel r{round_to}')."""
+    they fall, and global scope with kept counts rounded up to ``round_to`` (named 'channel' and
+    f'channel r{round_to}')."""
     from utils.channel_pruning import DEFAULT_IMPORTANCE, amount_for_flops, prune_channels
     from utils.sparsity import prune
 
@@ -161,20 +162,21 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
     dev = select_device(device)
     half &= dev.type == 'cuda'
     kept = keep_memory and dev.type == 'cpu' and keep_freed_memory()
-    r = channel_multiple(dev)
+    width = channel_multiple(dev)
     models: dict[str, dict[str, nn.Module]] = {}
     if weights:
         from utils.comparison import unique_stems
 
         names = unique_stems([Path(w) for w in weights])  # two runs' last.pt get their run folders' names
         dense = attempt_load(weights[0], fuse=False)
-        models[names[0]] = {**variants(dense, flops, 640, r),
+        models[names[0]] = {**variants(dense, flops, 640, width),
                             **{n: attempt_load(w, fuse=False) for n, w in zip(names[1:], weights[1:])}}
     for cfg in cfgs or []:
         torch.manual_seed(0)
-        models[Path(cfg).stem] = variants(DetectionModel(cfg).eval(), flops, 640, r)
+        models[Path(cfg).stem] = variants(DetectionModel(cfg).eval(), flops, 640, width)
+    kind = torch.backends.cpu.get_cpu_capability() if dev.type == 'cpu' else 'CUDA'
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev} '
-          f'({torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else "CUDA"}: kernel width {r} channels), '
+          f'({kind}: kernel width {width} channels), '
           f"{'FP16' if half else 'FP32'}, {repeats} interleaved repeats, fastest run"
           f"{', freed memory kept in the process' if kept else ''}")
     rows = []

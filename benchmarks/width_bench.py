@@ -26,7 +26,8 @@ from torch import nn  # noqa: E402
 
 
 def conv_ms(channels: int, size: int, kernel: int, channels_last: bool = False, repeats: int = 20) -> float:
-    """Fastest of ``repeats`` runs of a Conv2d(channels, channels, kernel) on a (1, channels, size, size) input, in ms."""
+    """Fastest of ``repeats`` runs of a Conv2d(channels, channels, kernel) on a (1, channels, size, size) input,
+    in ms."""
     conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2).eval()
     x = torch.randn(1, channels, size, size)
     if channels_last:
@@ -49,9 +50,9 @@ def run(sizes: list[int] = (160, 80, 40), widths: list[int] | None = None, kerne
     r = channel_multiple('cpu')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()} '
           f'(kernel width {r} channels), fastest of {repeats}')
+    ws = widths or sorted({w for w in range(8, 4 * r + 1, 4)} | {r * k for k in (1, 2, 3, 4)})
     rows = []
     for size in sizes:
-        ws = widths or sorted({w for w in range(8, 4 * r + 1, 4)} | {r * k for k in (1, 2, 3, 4)})
         print(f"\n{size}x{size} px\n{'channels':>9}{'k':>3}{'NCHW ms':>10}{'GFLOP/s':>9}{'NHWC ms':>10}{'GFLOP/s':>9}")
         for k in kernels:
             for c in ws:

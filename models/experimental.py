@@ -76,8 +76,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
     When ``prune`` > 0: granularity 'weight' zeroes that fraction of the unfused conv weights in place (what a
     pruned checkpoint holds; fusing keeps zeros zero); 'channel' physically removes that fraction of the prunable
     output channels (utils/channel_pruning.py, ranked by ``prune_importance``: DEFAULT_IMPORTANCE when None, 'l1' or
-    'bn'; kept counts rounded up to a multiple of ``prune_round``, 'auto': the device's kernel width) and logs parameters and GFLOPs before and after.
-    Otherwise the model's sparsity is measured and logged. Then fuses Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
+    'bn'; kept counts rounded up to a multiple of ``prune_round``, 'auto': the device's kernel width) and logs
+    parameters and GFLOPs before and after. Otherwise the model's sparsity is measured and logged. Then fuses
+    Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
     Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
     are in the file (report None); pruning it is refused.
     """

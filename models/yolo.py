@@ -66,8 +66,7 @@ class Detect(nn.Module):
             if not self.training:
                 self._check_grid(x[i], i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + self.grid[i]) * self.stride[i]  # pixels
-                wh = (wh * 2) ** 2 * self.anchor_grid[i]  # pixels
+                xy, wh = self._pixels(xy, wh, i)
                 bs, _, ny, nx, _ = x[i].shape
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else (torch.cat(z, 1), x)
@@ -77,6 +76,10 @@ class Detect(nn.Module):
         x = self.m[i](x)
         bs, _, ny, nx = x.shape
         return x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+
+    def _pixels(self, xy: torch.Tensor, wh: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level i's sigmoid outputs to box centres and sizes in pixels (both decode paths: one formula)."""
+        return (xy * 2 + self.grid[i]) * self.stride[i], (wh * 2) ** 2 * self.anchor_grid[i]
 
     def _check_grid(self, x: torch.Tensor, i: int) -> None:
         """Rebuild level i's grid caches when the raw map x (bs, na, ny, nx, no) changed size, device or dtype."""
@@ -103,8 +106,9 @@ class Detect(nn.Module):
             else:  # y is strided over the batch; a sigmoid straight into it would round some tail elements apart
                 y.copy_(r.sigmoid())
             xy, wh = y[..., :2], y[..., 2:4]
-            xy.copy_((xy * 2 + self.grid[i]) * self.stride[i])  # pixels
-            wh.copy_((wh * 2) ** 2 * self.anchor_grid[i])  # pixels
+            pxy, pwh = self._pixels(xy, wh, i)
+            xy.copy_(pxy)
+            wh.copy_(pwh)
         return out, x
 
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

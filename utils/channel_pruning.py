@@ -71,7 +71,8 @@ def channel_importance(group: ChannelGroup, kind: str = 'l1') -> Tensor:
     if kind not in IMPORTANCES:
         raise ValueError(f"channel importance must be one of {', '.join(IMPORTANCES)}, got {kind!r}")
     if kind == 'group':
-        terms = [p.conv.weight.detach().float().abs().flatten(1).sum(1).cpu() for p in group.producers if p.conv is not None]
+        terms = [p.conv.weight.detach().float().abs().flatten(1).sum(1).cpu()
+                 for p in group.producers if p.conv is not None]
         terms += [p.bn.weight.detach().float().abs().cpu() for p in group.producers if p.bn is not None]
         terms += _reader_l1(group)
         if not terms:
