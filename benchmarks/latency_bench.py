@@ -5,6 +5,7 @@ Usage:
     python benchmarks/latency_bench.py --cfgs yolov5s.yaml --flops 0.5 --shapes 1x640 --channels-last
     python benchmarks/latency_bench.py --weights data/weights/yolov5n-shapes.pt runs/train/exp/weights/best.pt
     python benchmarks/latency_bench.py --device 0 --half                  # CUDA FP16 (benchmarks/gpu_check.py)
+    python benchmarks/latency_bench.py --cfgs yolov5n.yaml --shapes 1x640 --per-layer   # where the time goes
 
 Variants of each model (random init from --cfgs, or the first of --weights as the dense model):
 - dense: the model as built/loaded;
@@ -22,7 +23,9 @@ Speed-ups compare with the dense model on the same backend.
 All models are fused, in eval mode, run under torch.inference_mode with torch's default thread count (printed).
 Timing: after warm-up, --repeats rounds; each round times every variant once, in a random order, so background load
 hits all of them alike; the fastest run per variant is reported in ms per image (other jobs only ever add time),
-with its speed-up over dense. The 'weight 50%' row is the control: same dense compute, so its ratio shows the noise.
+with its speed-up over dense. Each round also gives a paired ratio (dense and the variant timed in the same round,
+moments apart): the median and quartiles of these show how much a ratio moves with the machine's state. The
+'weight 50%' row is the control: same dense compute, so its ratio shows the noise.
 On glibc, freed memory is kept in the process (`keep_freed_memory`, off with --no-keep-memory): by default glibc
 hands large freed blocks (the activations) back to the kernel and the next forward faults their pages in again, a
 cost that drifts with the machine's memory state (measured, yolov5n 1x640 dense / r16: 61.4 / 48.0 ms without,
@@ -141,6 +144,16 @@ def timings(runners: dict[str, Callable[[], None]], device: torch.device, repeat
     return times
 
 
+def paired_speedups(dense: list[float], variant: list[float]) -> tuple[float, float, float]:
+    """Speed-up of a variant over dense per timing round (both were timed in the same round, so each ratio is a
+    paired measurement): median, first and third quartile. One round gives its ratio three times."""
+    ratios = [d / v for d, v in zip(dense, variant)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return med, q1, q3
+
+
 def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeats: int,
             warmup: int = 2, stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
     """Seconds per call of each runner: ``stat`` of its `timings` (median, or min = the fastest run, the better
@@ -150,7 +163,8 @@ def measure(runners: dict[str, Callable[[], None]], device: torch.device, repeat
 
 def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: float = 0.5,
         shapes: list[tuple[int, int]] = ((1, 640), (32, 256)), device: str = 'cpu', half: bool = False,
-        repeats: int = 10, onnx: bool = False, channels_last: bool = False, keep_memory: bool = True) -> list[dict]:
+        repeats: int = 10, onnx: bool = False, channels_last: bool = False, keep_memory: bool = True,
+        per_layer: bool = False) -> list[dict]:
     """Print one table per model and shape; returns rows {model, variant, backend, batch, imgsz, ms, speedup, ...}."""
     import tempfile
 
@@ -202,17 +216,39 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
                             print('onnx/onnxruntime not installed: pip install onnx onnxruntime')
                             break
                         runners[(n, 'onnxruntime')] = r
-                t = measure(runners, dev, repeats, stat=min)
+                runs = timings(runners, dev, repeats)
+                t = {k: min(v) for k, v in runs.items()}
                 print(f"\n{model_name}, batch {batch} at {imgsz} px\n{'variant':<22}{'backend':<13}{'params':>11}"
-                      f"{'GFLOPs@640':>11}{'ms/img':>10}{'speed-up':>10}")
+                      f"{'GFLOPs@640':>11}{'ms/img':>10}{'speed-up':>10}   per round: median [quartiles]")
                 for (n, backend), s in t.items():
                     base = t[('dense', backend)]
+                    med, q1, q3 = paired_speedups(runs[('dense', backend)], runs[(n, backend)])
                     row = {'model': model_name, 'variant': n, 'backend': backend, 'batch': batch, 'imgsz': imgsz,
-                           'params': info[n][0], 'gflops': info[n][1], 'ms': s * 1e3 / batch, 'speedup': base / s}
+                           'params': info[n][0], 'gflops': info[n][1], 'ms': s * 1e3 / batch, 'speedup': base / s,
+                           'round_median': med, 'round_q1': q1, 'round_q3': q3}
                     rows.append(row)
                     print(f"{n:<22}{backend:<13}{row['params']:>11,}{row['gflops']:>11.2f}{row['ms']:>10.2f}"
-                          f"{row['speedup']:>9.2f}x", flush=True)
+                          f"{row['speedup']:>9.2f}x   {med:.2f}x [{q1:.2f}, {q3:.2f}]", flush=True)
+                if per_layer:
+                    print(per_layer_table(group, x, repeats), flush=True)
     return rows
+
+
+def per_layer_table(models: dict[str, nn.Module], x: torch.Tensor, runs: int) -> str:
+    """Time of every layer (PyTorch, the input's memory format) of each model on x: fastest of ``runs`` calls on the
+    input the layer gets in a forward (`BaseModel.profile_layers`), with each variant's ratio to dense per layer:
+    where a pruned model saves time and where it cannot (layers that keep their width)."""
+    with torch.inference_mode():
+        prof = {n: m.profile_layers(x, runs) for n, m in models.items()}
+    names = [n for n in models if n != 'dense']
+    lines = [f"{'layer':>5}  {'module':<16}{'dense ms':>9}" + ''.join(f'{n[:15]:>22}' for n in names)]
+    for i, d in enumerate(prof['dense']):
+        cells = ''.join(f'{prof[n][i].ms:>13.2f} ({d.ms / prof[n][i].ms:>4.2f}x)' for n in names)
+        lines.append(f'{d.index:>5}  {d.module.rsplit(".", 1)[-1]:<16}{d.ms:>9.2f}{cells}')
+    total = {n: sum(r.ms for r in rows) for n, rows in prof.items()}
+    lines.append(f"{'':>5}  {'sum':<16}{total['dense']:>9.2f}"
+                 + ''.join(f"{total[n]:>13.2f} ({total['dense'] / total[n]:>4.2f}x)" for n in names))
+    return '\n'.join(lines)
 
 
 def _shape(s: str) -> tuple[int, int]:
@@ -232,6 +268,8 @@ def main() -> None:
     p.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
     p.add_argument('--onnx', action='store_true', help='also time ONNX Runtime (CPU) on each variant')
     p.add_argument('--channels-last', action='store_true', help='also time PyTorch in channels-last (NHWC) format')
+    p.add_argument('--per-layer', action='store_true',
+                   help='also time every layer of each PyTorch (NCHW) variant (fastest of --repeats calls)')
     p.add_argument('--no-keep-memory', action='store_true',
                    help="leave glibc's default of returning large freed blocks to the kernel (page faults each run)")
     opt = p.parse_args()
@@ -240,7 +278,7 @@ def main() -> None:
     from utils.general import set_logging
     set_logging(verbose=False)
     run(opt.cfgs, opt.weights, opt.flops, opt.shapes, opt.device, opt.half, opt.repeats, opt.onnx, opt.channels_last,
-        not opt.no_keep_memory)
+        not opt.no_keep_memory, opt.per_layer)
 
 
 if __name__ == '__main__':

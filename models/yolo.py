@@ -129,17 +129,38 @@ class BaseModel(nn.Module):
     def forward(self, x: torch.Tensor, augment: bool = False, profile: bool = False, visualize: bool | Path = False):
         return self._forward_once(x, profile, visualize)
 
+    @staticmethod
+    def _layer_input(m: nn.Module, x, y: list):
+        """What layer m reads: the previous output (f == -1), a saved one, or a list of them (Concat, Detect)."""
+        if m.f == -1:
+            return x
+        return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+
     def _forward_once(self, x: torch.Tensor, profile: bool = False, visualize: bool | Path = False):
+        if profile:  # log where the time goes, then run the forward as usual
+            from utils.layer_profile import layer_table
+            LOGGER.info(layer_table(self.profile_layers(x)))
         y = []
         for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = self._layer_input(m, x, y)
             x = m(x)
             y.append(x if m.i in self.save else None)
             if visualize:
                 from utils.plots import feature_visualization
                 feature_visualization(x, m.type, m.i, save_dir=visualize)
         return x
+
+    def profile_layers(self, x: torch.Tensor, runs: int = 10) -> list:
+        """Per layer (utils.layer_profile.LayerTime): fastest of ``runs`` calls on its input in a forward of x (ms),
+        GFLOPs and params. Runs under the caller's grad mode; ``model(x, profile=True)`` logs it as a table."""
+        from utils.layer_profile import time_layer
+        y, rows = [], []
+        for m in self.model:
+            x = self._layer_input(m, x, y)
+            rows.append(time_layer(m, x, runs))
+            x = m(list(x) if isinstance(x, list) else x)
+            y.append(x if m.i in self.save else None)
+        return rows
 
     def fuse(self) -> BaseModel:
         """Fold every Conv's BatchNorm into its conv (in place, for inference)."""
@@ -344,7 +365,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='batch size for the test forward pass')
     parser.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='image size (pixels)')
     parser.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or cpu')
-    parser.add_argument('--line-profile', action='store_true', help='accepted for compatibility; not implemented')
+    parser.add_argument('--line-profile', action='store_true', help='time every layer (fastest of 10 runs, ms) '
+                        'and count its GFLOPs on the test input')
     parser.add_argument('--verbose', action='store_true', help='print every parameter')
     return parser.parse_args(argv)
 
@@ -362,7 +384,7 @@ def main(opt: argparse.Namespace) -> None:
     model_info(model, opt.verbose, opt.imgsz)
     im = torch.rand(opt.batch_size, 3, opt.imgsz, opt.imgsz, device=device)
     with torch.no_grad():
-        y = model(im)[0]
+        y = model(im, profile=opt.line_profile)[0]
     LOGGER.info(f'forward OK: input {tuple(im.shape)} -> predictions {tuple(y.shape)}')
 
 

@@ -37,7 +37,7 @@ def test_latency_bench_prints_speedups(capsys):
     from utils.channel_pruning import channel_multiple
 
     rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True,
-                             channels_last=True, keep_memory=False)
+                             channels_last=True, keep_memory=False, per_layer=True)
     out = capsys.readouterr().out
     r = channel_multiple('cpu')
     variants = {r['variant'] for r in rows}
@@ -50,6 +50,17 @@ def test_latency_bench_prints_speedups(capsys):
     assert 0.4 * dense < by[(f'channel r{r}', 'torch')]['gflops'] < 0.55 * dense
     assert by[('weight 50%', 'torch')]['params'] == by[('dense', 'torch')]['params']
     assert 'speed-up' in out and 'yolov5n, batch 1 at 64 px' in out and f'kernel width {r} channels' in out
+    assert all(row['round_q1'] <= row['round_median'] <= row['round_q3'] for row in rows)
+    layer_rows = [ln for ln in out.splitlines() if ln.split()[:2] in (['24', 'Detect'], ['0', 'Conv'])]
+    assert len(layer_rows) == 2 and any(ln.split()[:1] == ['sum'] for ln in out.splitlines())  # --per-layer
+
+
+def test_paired_speedups_median_and_quartiles():
+    from benchmarks.latency_bench import paired_speedups
+
+    assert paired_speedups([2.0], [1.0]) == (2.0, 2.0, 2.0)
+    med, q1, q3 = paired_speedups([2.0, 3.0, 4.0, 6.0, 2.0], [1.0, 1.0, 1.0, 1.0, 2.0])  # ratios 2, 3, 4, 6, 1
+    assert (med, q1, q3) == (3.0, 2.0, 4.0)
 
 
 def test_keep_freed_memory_takes_effect_on_glibc():

@@ -1,6 +1,7 @@
 """Model core: every YAML builds and trains, parameter counts equal upstream's, fusion is exact."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,32 @@ def test_gflops_reported():
 def test_yolo_cli(capsys):
     from models import yolo
     yolo.main(yolo.parse_opt(['--cfg', 'yolov5n.yaml', '--imgsz', '64']))
+
+
+def test_profile_layers_counts_every_layer_and_keeps_the_output(caplog):
+    """profile=True logs one row per layer whose GFLOPs add up to the whole model's, and changes no output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    m = DetectionModel('yolov5n.yaml').eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        rows = m.profile_layers(x, runs=2)
+        with FlopCounterMode(display=False) as counter:
+            ref = m(x)[0]
+        with caplog.at_level(logging.INFO, logger='yolov5'):
+            out = m(x, profile=True)[0]
+    assert [r.index for r in rows] == list(range(len(m.model)))
+    assert all(r.ms > 0 for r in rows) and rows[-1].module.endswith('Detect') and rows[0].params == m.model[0].np
+    assert sum(r.gflops for r in rows) == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+    assert sum(r.params for r in rows) == sum(p.numel() for p in m.parameters())
+    assert torch.equal(out, ref)
+    assert 'time (ms)' in caplog.text and 'total' in caplog.text and 'models.common.SPPF' in caplog.text
+
+
+def test_yolo_cli_line_profile(capsys):
+    from models import yolo
+
+    yolo.main(yolo.parse_opt(['--cfg', 'yolov5n.yaml', '--imgsz', '64', '--line-profile']))
+    out = ''.join(capsys.readouterr())
+    assert 'time (ms)' in out and 'models.yolo.Detect' in out and 'forward OK' in out
