@@ -158,7 +158,7 @@ class BaseModel(nn.Module):
         for m in self.model:
             x = self._layer_input(m, x, y)
             rows.append(time_layer(m, x, runs))
-            x = m(list(x) if isinstance(x, list) else x)
+            x = m(x)  # a list input is _layer_input's own: Detect may write into it
             y.append(x if m.i in self.save else None)
         return rows
 

@@ -5,7 +5,6 @@ a real forward, and its fastest run is kept; its FLOPs are counted by torch's ow
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,18 +23,14 @@ class LayerTime:
     params: int
 
 
-def _sync(x: torch.Tensor | Sequence[torch.Tensor]) -> None:
-    t = x[0] if isinstance(x, (list, tuple)) else x
-    if isinstance(t, torch.Tensor) and t.device.type == 'cuda':
-        torch.cuda.synchronize(t.device)
-
-
 def time_layer(m: nn.Module, x: torch.Tensor | list[torch.Tensor], runs: int = 10) -> LayerTime:
     """Fastest of ``runs`` calls of layer ``m`` on ``x`` (after one untimed call) and the GFLOPs of one call.
 
     A list input (Concat, Detect) is passed as a fresh copy each call, because Detect writes its outputs into it.
     """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from utils.torch_utils import time_sync
 
     def call() -> None:
         m(list(x) if isinstance(x, list) else x)
@@ -44,11 +39,9 @@ def time_layer(m: nn.Module, x: torch.Tensor | list[torch.Tensor], runs: int = 1
         call()
     best = float('inf')
     for _ in range(max(runs, 1)):
-        _sync(x)
-        t = time.perf_counter()
+        t = time_sync()
         call()
-        _sync(x)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time_sync() - t)
     return LayerTime(int(getattr(m, 'i', -1)), str(getattr(m, 'type', type(m).__name__)), best * 1e3,
                      counter.get_total_flops() / 1e9, sum(p.numel() for p in m.parameters()))
 
