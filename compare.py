@@ -42,16 +42,16 @@ import torch
 import train as trainer
 import val as validate
 from models.experimental import attempt_load
-from utils.checkpoint import CheckpointError, load, make_checkpoint, save
+from utils.checkpoint import CheckpointError, load, make_checkpoint, release_checkpoint, save
+from utils.cli import float_in, int_at_least, round_multiple
 from utils.comparison import Row, merge, read_csv, unique_stems, write_all
-from utils.deep_compression import deep_report, export_deep, release_checkpoint
+from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES
+from utils.compression.deep.deep_file import deep_report, export_deep
+from utils.compression.deep.sharing import STEPS, share_weights
 from utils.dataloaders import check_dataset
 from utils.downloads import DownloadError, attempt_download
-from utils.channel_pruning import DEFAULT_IMPORTANCE, IMPORTANCES
-from utils.cli import float_in, int_at_least, round_multiple
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
 from utils.torch_utils import DeviceError, prune, select_device, sparsity
-from utils.weight_sharing import STEPS, share_weights
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 
@@ -192,7 +192,7 @@ def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) ->
     |gamma|, fine-tune: twice the budget), channel DNS (--dns-importance); then --peer (Torch-Pruning at the same
     FLOPs as our first importance's one-shot model, + fine-tuning). Latency of all rows is measured at the end in
     one session."""
-    from utils.channel_pruning import prune_channels
+    from utils.compression.channel.pruning import prune_channels
     from utils.torch_utils import model_flops
 
     rows = [one(attempt_load(dense, fuse=False), Row('dense'), 'dense')]
@@ -386,7 +386,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if opt.amounts is None:  # channel fraction 0.3 leaves about half of the FLOPs
         opt.amounts = [0.3] if opt.structured else [0.3, 0.5, 0.7]
-    from utils.channel_pruning import resolve_round
+    from utils.compression.channel.pruning import resolve_round
     opt.prune_round = resolve_round(opt.prune_round, opt.device)
     return opt
 

@@ -31,13 +31,13 @@ from torch import nn
 from models.backend import fixed_input, is_onnx, load_onnx
 from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
+from utils.cli import add_prune_args, fraction, int_at_least
+from utils.compression.weight.magnitude import SparsityReport
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
 from utils.downloads import DownloadError, safe_download
-from utils.cli import add_prune_args, fraction, int_at_least
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
-from utils.sparsity import SparsityReport
 from utils.torch_utils import DeviceError, device_info, select_device, time_sync
 
 SHAPES_WEIGHTS = Path('data/weights/yolov5n-shapes.pt')  # the project's own detector, relative to ROOT

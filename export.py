@@ -26,8 +26,8 @@ import torch
 from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import int_at_least
-from utils.export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
+from utils.onnx_export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
 from utils.torch_utils import DeviceError, select_device
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
@@ -71,7 +71,7 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         raise ValueError(f'{file} is already an ONNX file: pass the .pt checkpoint it came from')
     written = []
     if 'deep' in include:  # entropy-coded checkpoint: shared weights and sparse positions Huffman-coded
-        from utils.deep_compression import export_deep
+        from utils.compression.deep.deep_file import export_deep
         written.append(str(export_deep(weights)))
         if include == ['deep']:
             return written

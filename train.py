@@ -18,7 +18,6 @@ Not implemented: --evolve (error), --batch-size -1 AutoBatch (error), --quad (ig
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import time
@@ -38,13 +37,14 @@ import val as validate  # for end-of-epoch mAP
 from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
-from utils.channel_dns import ChannelDNS, channel_flops_line
-from utils.channel_pruning import (DEFAULT_IMPORTANCE, IMPORTANCES, pruned_model_for_training, resized_layers,
-                                    shrink_checkpoint, zero_channel_fraction)
 from utils.checkpoint import CheckpointError, load, strip_optimizer
+from utils.cli import float_in, int_at_least
+from utils.compression.channel.pruning import pruned_model_for_training, resized_layers
+from utils.compression.hooks import TrainingHooks
+from utils.compression.options import add_method_args, check_dns_opt, check_share_opt
+from utils.compression.training import make_hooks
 from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
-from utils.cli import float_in, int_at_least, round_multiple
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, intersect_dicts, set_logging,
                            yaml_load, yaml_save)
 from utils.loss import ComputeLoss, scale_loss_gains
@@ -52,11 +52,9 @@ from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import (DeviceError, EarlyStopping, ModelEMA, de_parallel, device_info, init_seeds,
                                select_device, smart_optimizer, sparsity, torch_distributed_zero_first)
-from utils.train_utils import (DNS_COLUMNS, Interrupted, StopSignal, TrainingError, any_rank, append_results,
-                               ddp_env, freeze_layers, latest_run, lr_lambda, make_dns, make_sharing, make_slimming,
-                               multi_scale, opt_dict, restore_training_state, resume_opt, save_training_checkpoint,
-                               warmup, warmup_accumulate)
-from utils.weight_sharing import STEPS
+from utils.train_utils import (Interrupted, StopSignal, TrainingError, any_rank, append_results, ddp_env, freeze_layers,
+                               latest_run, lr_lambda, multi_scale, opt_dict, restore_training_state, resume_opt,
+                               save_training_checkpoint, warmup, warmup_accumulate)
 
 TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
@@ -80,10 +78,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     hyp = load_hyp(hyp)
     opt.hyp = dict(hyp)  # unscaled, saved with the run; --resume trains with these
     if main_rank:
-        w.mkdir(parents=True, exist_ok=True)
-        LOGGER.info(colorstr('hyperparameters: ') + ', '.join(f'{k}={v}' for k, v in hyp.items()))
-        yaml_save(save_dir / 'hyp.yaml', hyp)
-        yaml_save(save_dir / 'opt.yaml', opt_dict(opt))
+        save_run_settings(save_dir, hyp, opt)
     plots, cuda = not opt.noplots, device.type == 'cuda'
     amp = cuda  # mixed precision only where it pays off (and GradScaler is supported)
     init_seeds(opt.seed + 1 + rank, deterministic=True)
@@ -102,10 +97,7 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     # Optimizer: gradients of ~nbs images per step; weight decay scaled to the images actually per step
     nbs = 64  # nominal batch size
     accumulate = max(round(nbs / batch_size), 1)
-    hyp['weight_decay'] *= batch_size * accumulate / nbs
-    optimizer = smart_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], hyp['weight_decay'])
-    lf = lr_lambda(epochs, hyp['lrf'], opt.cos_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    optimizer, lf, scheduler = build_optimizer(model, opt, hyp, nbs)
     ema = ModelEMA(model) if main_rank else None
     best_fitness, start_epoch = 0.0, 0
     if resume:
@@ -114,43 +106,25 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
         LOGGER.info('Using SyncBatchNorm()')
 
-    # Data loaders
-    train_loader, dataset = create_dataloader(data_dict['train'], imgsz, batch_size // world_size, gs, opt.single_cls,
-                                              hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect, rank=local_rank,
-                                              workers=opt.workers, image_weights=opt.image_weights,
-                                              prefix=colorstr('train: '), shuffle=True, seed=opt.seed,
-                                              nc=data_dict['nc'])  # the yaml's nc, also with --single-cls
-    labels = np.concatenate(dataset.labels, 0)
-    if main_rank:
-        val_loader = create_dataloader(data_dict['val'], imgsz, batch_size // world_size * 2, gs, opt.single_cls,
-                                       hyp=hyp, cache=None if opt.noval else opt.cache, rect=True, rank=-1,
-                                       workers=opt.workers * 2, pad=0.5, prefix=colorstr('val: '),
-                                       nc=data_dict['nc'])[0]
-        if not resume:
-            if not opt.noautoanchor:
-                check_anchors(dataset, model=model, thr=hyp['anchor_t'], imgsz=imgsz)
-            model.half().float()  # pre-reduce anchor precision (as upstream)
-            if plots:
-                plot_labels(labels, names, save_dir)
+    train_loader, dataset, val_loader = build_loaders(data_dict, imgsz, gs, hyp, opt, local_rank, world_size,
+                                                          main_rank)
+    if main_rank and not resume:
+        if not opt.noautoanchor:
+            check_anchors(dataset, model=model, thr=hyp['anchor_t'], imgsz=imgsz)
+        model.half().float()  # pre-reduce anchor precision (as upstream)
+        if plots:
+            plot_labels(np.concatenate(dataset.labels, 0), names, save_dir)
     if rank != -1:  # DDP: identical weights everywhere (broadcast from rank 0), gradients all-reduced
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None,
                                                     output_device=local_rank if cuda else None, static_graph=True)
 
-    # Model attributes: loss gains scaled to output levels, classes and image size
     m = de_parallel(model)
-    hyp = scale_loss_gains(hyp, m.model[-1].nl, nc, imgsz)
-    hyp['label_smoothing'] = opt.label_smoothing
-    m.nc, m.hyp, m.names = nc, hyp, names
-    m.class_weights = labels_to_class_weights(dataset.labels, nc).to(device) * nc
+    hyp = set_model_attributes(m, hyp, nc, names, imgsz, dataset.labels, opt.label_smoothing)
 
-    # Sparsity: DNS learns masks during training; a pruned model (no DNS) only gets its sparsity reported
+    # Compression methods (DNS, channel DNS, slimming, weight sharing): one hook per point of the loop
     nb = len(train_loader)  # batches per epoch
     nw = max(round(hyp['warmup_epochs'] * nb), 100)  # warmup iterations
-    dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if resume else None) if opt.dns else None
-    slim = make_slimming(model, opt.slim) if opt.slim else None
-    share = make_sharing(model, opt, ckpt.get('share') if resume else None, ema) if opt.share_bits else None
-    report_sparsity = dns is not None or float(sparsity(m)) >= 0.01
-    dns_seen = {}  # DNS pruned/spliced totals at the last epoch end
+    hooks = make_hooks(model, opt, nb, nw, nbs, ckpt if resume else None, ema)
     del ckpt
 
     # Training
@@ -162,6 +136,8 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     stopper, stop_early = EarlyStopping(patience=opt.patience), False
     compute_loss = ComputeLoss(m)
+    val_kw = dict(batch_size=batch_size // world_size * 2, imgsz=imgsz, half=amp, single_cls=opt.single_cls,
+                  dataloader=val_loader, save_dir=save_dir, compute_loss=compute_loss)
     if main_rank:
         LOGGER.info(f'Image sizes {imgsz} train, {imgsz} val\n'
                     f'Using {train_loader.num_workers * world_size} dataloader workers\n'
@@ -176,9 +152,10 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             train_loader.sampler.set_epoch(epoch)
         mloss = torch.zeros(3, device=device)  # mean losses
         pbar = enumerate(train_loader)
+        extra = list(hooks.progress())  # method columns of the progress bar (DNS: sparsity)
         if main_rank:
-            LOGGER.info(('\n' + '%11s' * (7 + bool(dns))) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss',
-                                                          'Instances', 'Size', *(['sparsity'] if dns else [])))
+            LOGGER.info(('\n' + '%11s' * (7 + len(extra))) % ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss',
+                                                             'Instances', 'Size', *extra))
             pbar = tqdm(pbar, total=nb, bar_format=TQDM_BAR_FORMAT)
         optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
@@ -203,27 +180,20 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
                 if diverged:
                     raise TrainingError(f'non-finite loss at epoch {epoch} iteration {i}; ' + (
                         f'last good checkpoint kept at {last}' if last.exists() else 'no checkpoint was saved yet'))
-                save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, dns, share)
+                save_interrupted(last, model, ema, optimizer, epoch, i, best_fitness, opt, hooks)
                 raise Interrupted(stop.received or signal.SIGTERM, f'Training interrupted at epoch {epoch} iteration '
                                   f'{i}; saved {last}; continue with: python train.py --resume {last}')
             scaler.scale(loss).backward()
 
-            if ni - last_opt_step >= accumulate:
-                scaler.unscale_(optimizer)  # true gradients for clipping (and anything else that reads them)
-                if share:
-                    share.before_step()  # weight sharing: grad <- sum over the cluster (clipped below, as stepped)
+            if ni - last_opt_step >= accumulate:  # one optimizer step; hook order: utils/compression/hooks.py
+                scaler.unscale_(optimizer)  # true gradients for the hooks and for clipping
+                hooks.on_gradients()  # weight sharing: grad <- the cluster's step (clipped below, as taken)
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                if slim:
-                    slim.before_step()  # network slimming: gamma.grad += lambda * sign(gamma)
-                if dns:
-                    dns.before_step()  # sparsity hook: parameters <- dense W, so every entry gets its update
+                hooks.before_step()  # slimming: + lambda * sign(gamma); DNS: parameters <- dense W
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
-                if dns:
-                    dns.after_step()  # sparsity hook: maybe update masks T; parameters <- W * T
-                if share:
-                    share.after_step()  # centroid <- its members' (equal) value; weights <- codebook[index]
+                hooks.after_step()  # DNS: maybe update masks, W <- W * T; sharing: weights <- codebook[index]
                 if ema:
                     ema.update(model)
                 last_opt_step = ni
@@ -231,41 +201,31 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
             if main_rank:
                 mloss = (mloss * i + loss_items) / (i + 1)
                 mem = f'{torch.cuda.memory_reserved() / 1E9 if torch.cuda.is_available() else 0:.3g}G'
-                pbar.set_description(('%11s' * 2 + '%11.4g' * (5 + bool(dns))) %
+                pbar.set_description(('%11s' * 2 + '%11.4g' * (5 + len(extra))) %
                                      (f'{epoch}/{epochs - 1}', mem, *mloss, targets.shape[0], imgs.shape[-1],
-                                      *([dns.sparsity] if dns else [])))
+                                      *hooks.progress().values()))
                 if plots and ni < 3:
                     plot_images(imgs, targets, paths, save_dir / f'train_batch{ni}.jpg', names=names)
 
         lr = [x['lr'] for x in optimizer.param_groups]  # for results.csv
         scheduler.step()
-        if dns and epoch + 1 >= opt.dns_surgery_epochs:
-            dns.finish()  # end of the surgery phase: exact cut to the target, masks frozen from now on
+        hooks.end_epoch(epoch)  # DNS: the surgery phase ends -> exact cut to the target, masks frozen
 
         if main_rank:
             ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
-            if dns:
-                dns.apply_to(ema.ema)  # evaluate and save EMA * T: masks are never averaged
-            if share:
-                share.apply_to(ema.ema)  # exactly 2^B values per layer in what is evaluated and saved
+            hooks.apply_to(ema.ema)  # evaluate and save what the method allows (EMA * T, 2^B values per layer)
             final_epoch = epoch + 1 == epochs or epoch - stopper.best_epoch >= stopper.patience
             if not opt.noval or final_epoch:
-                results, maps, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
-                                                half=amp, model=ema.ema, single_cls=opt.single_cls,
-                                                dataloader=val_loader, save_dir=save_dir, plots=False,
-                                                compute_loss=compute_loss)
+                results, maps, _ = validate.run(data_dict, model=ema.ema, plots=False, **val_kw)
             fi = float(fitness(np.array(results).reshape(1, -1))[0])
             stop_early = stopper(epoch=epoch, fitness=fi)
             best_fitness = max(best_fitness, fi)
-            extra = sparsity_columns(ema.ema, dns, dns_seen) if report_sparsity else None
-            if slim:
-                LOGGER.info(f"{colorstr('slimming: ')}{slim.gamma_summary()}")
-            append_results(save_dir / 'results.csv', epoch, [*mloss.tolist(), *results, *lr], extra)
+            append_results(save_dir / 'results.csv', epoch, [*mloss.tolist(), *results, *lr],
+                           hooks.epoch_columns(ema.ema) or None)
             if not opt.nosave or final_epoch:
                 files = [last] + [best] * (best_fitness == fi)
                 files += [w / f'epoch{epoch}.pt'] * (opt.save_period > 0 and epoch % opt.save_period == 0)
-                save_training_checkpoint(files, model, ema, optimizer, epoch, best_fitness, opt,
-                                         **method_state(dns, share))
+                save_training_checkpoint(files, model, ema, optimizer, epoch, best_fitness, opt, **hooks.state_dict())
 
         if rank != -1:  # every rank stops early together (rank 0 decides)
             decision = [stop_early]
@@ -274,36 +234,9 @@ def train(hyp: dict | str | Path, opt: argparse.Namespace, device: torch.device,
         if stop_early:
             break
 
-    # Finish: strip optimizers, validate best.pt with plots and per-class table
     if main_rank:
         LOGGER.info(f'\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
-        if dns:
-            LOGGER.info(f"{colorstr('DNS: ')}masks per layer; pruned/spliced counted since this run "
-                        f"{'resumed' if resume else 'started'}\n{dns.layer_table()}")
-            if not dns.frozen:
-                LOGGER.warning(f'WARNING ⚠️ training stopped before the end of the DNS surgery phase '
-                               f'(--dns-surgery-epochs {opt.dns_surgery_epochs}): the saved masks are '
-                               f'{dns.sparsity:.1%} sparse, not the target {opt.target_sparsity:.1%}')
-        if share:
-            LOGGER.info(f"{colorstr('weight sharing: ')}codebooks per layer\n{share.layer_table()}")
-        for f in last, best:
-            if f.exists():
-                strip_optimizer(f)
-                if isinstance(dns, ChannelDNS):  # masked channels output 0: remove them, a smaller model
-                    LOGGER.info(f'{f.name}: {shrink_checkpoint(f)}')
-                if f is best:
-                    LOGGER.info(f'\nValidating {f}...')
-                    model_best = attempt_load(f, device)
-                    LOGGER.info(f'{colorstr("sparsity: ")}{sparsity(model_best)}')
-                    is_coco = str(data_dict['val']).replace('\\', '/').endswith('coco/val2017.txt')
-                    results, _, _ = validate.run(data_dict, batch_size=batch_size // world_size * 2, imgsz=imgsz,
-                                                 model=model_best, iou_thres=0.65 if is_coco else 0.60,
-                                                 single_cls=opt.single_cls, dataloader=val_loader,
-                                                 save_dir=save_dir, save_json=is_coco, verbose=True, plots=plots,
-                                                 compute_loss=compute_loss, half=amp)
-        if plots:
-            plot_results(file=save_dir / 'results.csv')
-        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
+        results = finish_training(last, best, hooks, data_dict, device, plots, save_dir, val_kw) or results
     if cuda:
         torch.cuda.empty_cache()
     return results
@@ -367,37 +300,83 @@ def build_model(weights: str, cfg: str, hyp: dict, nc: int, device: torch.device
     return model, ckpt
 
 
-def sparsity_columns(model: nn.Module, dns, seen: dict[str, int]) -> dict[str, float | int]:
-    """Trailing results.csv columns: the evaluated model's true sparsity (+ DNS pruned/spliced counts), logged too.
-
-    DNS counts run from the start of the run (for the final per-layer table); ``seen`` holds the totals at the
-    previous epoch, so the columns get this epoch's counts.
-    """
-    if isinstance(dns, ChannelDNS):  # the fraction of prunable channels that output 0, and what removing them saves
-        r = zero_channel_fraction(model)
-        LOGGER.info(f'{colorstr("sparsity: ")}{r:.1%} of prunable channels off; {channel_flops_line(model)}')
-    else:
-        r = sparsity(model)
-        LOGGER.info(f'{colorstr("sparsity: ")}{r}')
-    if dns is None:
-        return {'sparsity': float(r)}
-    s = dns.summary()
-    pruned, spliced = s['pruned'] - seen.get('pruned', 0), s['spliced'] - seen.get('spliced', 0)
-    seen.update(s)
-    phase = 'masks frozen' if dns.frozen else (f'surgery step {dns.step}/{dns.cfg.surgery_steps}, '
-                                               f'scheduled {dns.scheduled_sparsity:.1%}')
-    LOGGER.info(f"{colorstr('DNS: ')}masks {s['sparsity']:.1%} sparse ({phase}); "
-                f'{pruned} pruned, {spliced} spliced this epoch')
-    return dict(zip(DNS_COLUMNS, (float(r), pruned, spliced)))
+def save_run_settings(save_dir: Path, hyp: dict, opt: argparse.Namespace) -> None:
+    """Create weights/, log the hyperparameters and write hyp.yaml and opt.yaml (rank 0)."""
+    (save_dir / 'weights').mkdir(parents=True, exist_ok=True)
+    LOGGER.info(colorstr('hyperparameters: ') + ', '.join(f'{k}={v}' for k, v in hyp.items()))
+    yaml_save(save_dir / 'hyp.yaml', hyp)
+    yaml_save(save_dir / 'opt.yaml', opt_dict(opt))
 
 
-def method_state(dns, share) -> dict:
-    """Extra checkpoint keys for --resume: 'dns' (masks) and/or 'share' (codebooks and indices)."""
-    return {**({'dns': dns.state_dict()} if dns else {}), **({'share': share.state_dict()} if share else {})}
+def build_optimizer(model: nn.Module, opt: argparse.Namespace, hyp: dict, nbs: int) -> tuple:
+    """(optimizer, LR factor per epoch, LambdaLR scheduler); hyp['weight_decay'] is scaled, in place, to the images
+    per optimizer step (``nbs`` nominal, as upstream)."""
+    accumulate = max(round(nbs / opt.batch_size), 1)
+    hyp['weight_decay'] *= opt.batch_size * accumulate / nbs
+    optimizer = smart_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], hyp['weight_decay'])
+    lf = lr_lambda(opt.epochs, hyp['lrf'], opt.cos_lr)
+    return optimizer, lf, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+
+
+def set_model_attributes(m: DetectionModel, hyp: dict, nc: int, names: dict, imgsz: int, labels: list,
+                         label_smoothing: float) -> dict:
+    """Attach nc, names, class weights and the hyperparameters (loss gains scaled to the output levels, classes
+    and image size) to the bare model; returns the scaled hyperparameters."""
+    hyp = scale_loss_gains(hyp, m.model[-1].nl, nc, imgsz)
+    hyp['label_smoothing'] = label_smoothing
+    m.nc, m.hyp, m.names = nc, hyp, names
+    m.class_weights = labels_to_class_weights(labels, nc).to(next(m.parameters()).device) * nc
+    return hyp
+
+
+def build_loaders(data_dict: dict, imgsz: int, gs: int, hyp: dict, opt: argparse.Namespace, local_rank: int,
+                  world_size: int, main_rank: bool) -> tuple:
+    """(train loader, train data set, val loader or None off rank 0); batch sizes per rank, val at twice train's."""
+    batch = opt.batch_size // world_size
+    train_loader, dataset = create_dataloader(data_dict['train'], imgsz, batch, gs, opt.single_cls, hyp=hyp,
+                                              augment=True, cache=opt.cache, rect=opt.rect, rank=local_rank,
+                                              workers=opt.workers, image_weights=opt.image_weights,
+                                              prefix=colorstr('train: '), shuffle=True, seed=opt.seed,
+                                              nc=data_dict['nc'])  # the yaml's nc, also with --single-cls
+    val_loader = None
+    if main_rank:
+        val_loader = create_dataloader(data_dict['val'], imgsz, batch * 2, gs, opt.single_cls, hyp=hyp,
+                                       cache=None if opt.noval else opt.cache, rect=True, rank=-1,
+                                       workers=opt.workers * 2, pad=0.5, prefix=colorstr('val: '),
+                                       nc=data_dict['nc'])[0]
+    return train_loader, dataset, val_loader
+
+
+def finish_training(last: Path, best: Path, hooks: TrainingHooks, data_dict: dict, device: torch.device,
+                    plots: bool, save_dir: Path, val_kw: dict) -> tuple | None:
+    """Rank 0 after the last epoch: method reports, strip the optimizers (and let the methods finish the files),
+    validate best.pt with the per-class table, plot results.csv. Returns best.pt's results (None without it)."""
+    report = hooks.final_report()
+    if report:
+        LOGGER.info(report)
+    results = None
+    for f in last, best:
+        if not f.exists():
+            continue
+        strip_optimizer(f)
+        line = hooks.finish_file(f)  # channel DNS: masked channels removed, a physically smaller model
+        if line:
+            LOGGER.info(line)
+        if f is best:
+            LOGGER.info(f'\nValidating {f}...')
+            model_best = attempt_load(f, device)
+            LOGGER.info(f'{colorstr("sparsity: ")}{sparsity(model_best)}')
+            is_coco = str(data_dict['val']).replace('\\', '/').endswith('coco/val2017.txt')
+            results, _, _ = validate.run(data_dict, model=model_best, iou_thres=0.65 if is_coco else 0.60,
+                                         save_json=is_coco, verbose=True, plots=plots, **val_kw)
+    if plots:
+        plot_results(file=save_dir / 'results.csv')
+    LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
+    return results
 
 
 def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
-                     epoch: int, i: int, best_fitness: float, opt: argparse.Namespace, dns, share=None) -> None:
+                     epoch: int, i: int, best_fitness: float, opt: argparse.Namespace, hooks: TrainingHooks) -> None:
     """Rank 0 saves the state after the last completed iteration as last.pt.
 
     It is recorded as the end of epoch-1, so --resume re-runs epoch ``epoch`` (from these weights).
@@ -405,12 +384,9 @@ def save_interrupted(last: Path, model: nn.Module, ema: ModelEMA | None, optimiz
     if ema is None:
         return
     ema.update_attr(model, include=['yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights'])
-    if dns:
-        dns.apply_to(ema.ema)
-    if share:
-        share.apply_to(ema.ema)
+    hooks.apply_to(ema.ema)
     save_training_checkpoint([last], model, ema, optimizer, epoch - 1, best_fitness, opt,
-                             interrupted={'epoch': epoch, 'iteration': i}, **method_state(dns, share))
+                             interrupted={'epoch': epoch, 'iteration': i}, **hooks.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -424,9 +400,10 @@ def _batch_size(s: str) -> int:
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (upstream v7.0 names and meanings; project defaults; DNS flags at the end)."""
-    parser = argparse.ArgumentParser(description='Train YOLOv5 (optionally sparse, with --dns)')
-    add = parser.add_argument
+    """Command-line options: upstream v7.0's names and meanings (project defaults), then the compression groups."""
+    parser = argparse.ArgumentParser(description='Train YOLOv5 (optionally sparse: --dns, channel DNS, --slim, '
+                                                 '--share-bits)')
+    add = parser.add_argument_group('training (as upstream YOLOv5 v7.0)').add_argument
     add('--weights', type=str, default='', help="initial weights path; '' trains from scratch")
     add('--cfg', type=str, default='', help='model.yaml path (default models/yolov5n.yaml without --weights)')
     add('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
@@ -461,103 +438,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     add('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
     add('--seed', type=int, default=0, help='Global training seed')
     add('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
-    # upstream's logger arguments: accepted and ignored (no W&B/ClearML/Comet here)
+    add = parser.add_argument_group("upstream's logger flags (accepted and ignored: no W&B/ClearML/Comet)").add_argument
     add('--entity', default=None, help='ignored')
     add('--upload_dataset', nargs='?', const=True, default=False, help='ignored')
     add('--bbox_interval', type=int, default=-1, help='ignored')
     add('--artifact_alias', type=str, default='latest', help='ignored')
-    # Dynamic Network Surgery (utils/dns.py); defaults in DNS_DEFAULTS, filled in by check_dns_opt
-    add('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
-    add('--target-sparsity', type=float_in(0, 1, lo_open=True, hi_open=True), default=None, help='DNS: final fraction of zero weights, 0 < S < 1')
-    add('--dns-scope', choices=['layer', 'global'], default=None, help='DNS: sparsity per layer (default) or overall')
-    add('--dns-gamma', type=float_in(0, math.inf, hi_open=True), default=None,
-        help='DNS: mask update probability (1 + gamma*k)^-power at step k, default gamma 1e-4')
-    add('--dns-power', type=float_in(0, math.inf, lo_open=True, hi_open=True), default=None, help='DNS: see --dns-gamma, default 1')
-    add('--dns-band', type=float_in(0, 1, hi_open=True), default=None,
-        help='DNS: hysteresis half-width delta relative to the threshold, default 0.1')
-    add('--dns-schedule', choices=['cubic', 'constant'], default=None,
-        help='DNS: target of the mask updates during surgery: constant S from the first step (default; the '
-             'original DNS: one-shot magnitude masks, then pruning and splicing at S) or a cubic ramp from the '
-             'current sparsity to S (Zhu & Gupta)')
-    add('--dns-surgery-epochs', type=int_at_least(0), default=None,
-        help='DNS: epochs during which masks may change, then frozen (default half of --epochs, at least 1; '
-             '0 = one-shot prune at the start, then fine-tune with fixed masks)')
-    add('--dns-granularity', choices=['weight', 'channel'], default=None,
-        help='DNS: mask single weights (default) or whole output channels (channel DNS: S is the fraction of '
-             'prunable channels; best.pt/last.pt are physically smaller, faster models)')
-    add('--prune-importance', choices=IMPORTANCES, default=None,
-        help='channel DNS: rank channels by filters + BN + readers, normalised (group, default), by |BatchNorm '
-             'gamma| (bn) or by the mean |w| of their filters (l1)')
-    add('--prune-round', type=round_multiple, default=None, metavar='N',
-        help="channel DNS: kept channels per group rounded up to a multiple of N (default 1); auto = the device's "
-             'kernel width (16 on AVX-512 CPUs, 8 on other CPUs and on CUDA)')
-    add('--slim', type=float_in(0, math.inf, hi_open=True), default=0.0, metavar='LAMBDA',
-        help='network slimming (Liu et al. 2017): L1 penalty LAMBDA * sum|gamma| on the BatchNorm scales of the '
-             'prunable channels; then prune with --prune-granularity channel --prune-importance bn')
-    add('--prune-exclude-first', action='store_true', help='DNS: keep the first conv dense')
-    add('--prune-exclude-detect', action='store_true', help='DNS: keep the Detect output convs dense')
-    # Deep Compression weight sharing (utils/weight_sharing.py)
-    add('--share-bits', type=share_bits, default=None,
-        help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
-             'fine-tune the centroids; 2 <= B <= 8')
-    add('--share-step', choices=STEPS, default=STEPS[0],
-        help="--share-bits: a centroid's LR is LR/members ('mean': its members' average step) or LR ('sum', "
-             "the summed gradient as is)")
+    add_method_args(parser)
     return parser.parse_args(argv)
-
-
-def share_bits(s: str) -> int:
-    """argparse type for --share-bits: bits per centroid index, 2..8."""
-    v = int_at_least(2)(s)
-    if v > 8:
-        raise argparse.ArgumentTypeError(f'must be an integer from 2 to 8 (4 to 256 shared values per layer), got {s}')
-    return v
-
-
-DNS_DEFAULTS = {'dns_scope': 'layer', 'dns_gamma': 1e-4, 'dns_power': 1.0, 'dns_band': 0.1, 'dns_schedule': 'constant',
-                'dns_granularity': 'weight'}
-
-
-def check_dns_opt(opt: argparse.Namespace) -> None:
-    """Validate the DNS flag combination and fill in defaults (raises TrainingError with one line)."""
-    flags = {'--target-sparsity': opt.target_sparsity, '--dns-scope': opt.dns_scope, '--dns-gamma': opt.dns_gamma,
-             '--dns-power': opt.dns_power, '--dns-band': opt.dns_band, '--dns-surgery-epochs': opt.dns_surgery_epochs,
-             '--dns-schedule': opt.dns_schedule, '--dns-granularity': opt.dns_granularity,
-             '--prune-importance': opt.prune_importance, '--prune-round': opt.prune_round,
-             '--prune-exclude-first': opt.prune_exclude_first or None,
-             '--prune-exclude-detect': opt.prune_exclude_detect or None}
-    if not opt.dns:
-        given = [k for k, v in flags.items() if v is not None]
-        if given:
-            raise TrainingError(f'{given[0]} needs --dns (Dynamic Network Surgery)')
-        return
-    if opt.target_sparsity is None:
-        raise TrainingError('--dns needs --target-sparsity S with 0 < S < 1, e.g. --target-sparsity 0.5')
-    for k, v in DNS_DEFAULTS.items():
-        if getattr(opt, k) is None:
-            setattr(opt, k, v)
-    if opt.dns_granularity == 'weight' and (opt.prune_importance or opt.prune_round):
-        raise TrainingError(f"--prune-{'importance' if opt.prune_importance else 'round'} needs "
-                            f"--dns-granularity channel")
-    if opt.dns_granularity == 'channel':
-        opt.prune_importance = opt.prune_importance or DEFAULT_IMPORTANCE
-        opt.prune_round = opt.prune_round or 1
-    if opt.dns_surgery_epochs is None:
-        opt.dns_surgery_epochs = max(1, opt.epochs // 2)  # first half surgery, second half fixed-mask fine-tuning
-    if opt.dns_surgery_epochs > opt.epochs:
-        raise TrainingError(f'--dns-surgery-epochs {opt.dns_surgery_epochs} exceeds --epochs {opt.epochs}')
-
-
-def check_share_opt(opt: argparse.Namespace) -> None:
-    """--share-bits fine-tunes the centroids of trained (usually pruned) weights with fixed masks: it needs
-    --weights, and it comes after DNS rather than with it (DNS changes the masks the codebooks are built on)."""
-    if opt.share_bits is None:
-        return
-    if opt.dns:
-        raise TrainingError('--share-bits and --dns do not combine: train with --dns first, then run '
-                            '--share-bits with --weights set to its best.pt (weight sharing keeps the masks fixed)')
-    if not opt.weights:
-        raise TrainingError('--share-bits needs --weights: the trained (e.g. pruned) model whose weights to share')
 
 
 def resolve_opt(opt: argparse.Namespace) -> argparse.Namespace:

@@ -48,16 +48,17 @@ from models.backend import fixed_input, is_onnx, load_onnx
 from models.experimental import Ensemble, attempt_load, checkpoint_model, prepare_model
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, load
+from utils.cli import add_prune_args, fraction, int_at_least
 from utils.coco_eval import (CocoStats, annotation_file, category_ids, coco_evaluate, coco_names, image_id,
                              is_coco_dataset, predictions_to_coco)
+from utils.compression.layers import SCOPES
+from utils.compression.weight.magnitude import SparsityReport, sweep_amounts
 from utils.dataloaders import check_dataset, create_dataloader
-from utils.cli import add_prune_args, fraction, int_at_least
 from utils.downloads import DownloadError, attempt_download
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xywh2xyxy, xyxy2xywh, yaml_load)
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
-from utils.plots import output_to_target, plot_images
-from utils.sparsity import SCOPES, SparsityReport, sweep_amounts
+from utils.plots import output_to_target, plot_images, plot_pr_curves
 from utils.torch_utils import DeviceError, de_parallel, select_device, time_sync
 
 DEFAULT_DATA = ROOT / 'data' / 'shapes.yaml'  # the embedded set: the shipped model's
@@ -375,7 +376,9 @@ def run(data: str | Path | dict | None = None,  # data yaml; None: chosen from t
     # Metrics
     stats = [torch.cat(x, 0).numpy() for x in zip(*stats)]  # correct, conf, pred cls, target cls
     if len(stats) and stats[0].any():
-        tp, fp, p, r, f1, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
+        tp, fp, p, r, f1, ap, ap_class, curves = ap_per_class(*stats, names=names, return_curves=True)
+        if plots:
+            plot_pr_curves(curves, save_dir)
         ap50, ap = ap[:, 0], ap.mean(1)  # AP50, AP50-95 per class
         mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
     nt = np.bincount(stats[3].astype(int), minlength=nc) if len(stats) else np.zeros(nc, int)

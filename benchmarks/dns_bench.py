@@ -34,7 +34,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.yolo import DetectionModel  # noqa: E402
-from utils.dns import DNS, update_probability  # noqa: E402
+from utils.compression.surgery import update_probability  # noqa: E402
+from utils.compression.weight.dns import DNS
 
 VARIANTS = ('plain', 'dns-swap', 'dns-update', 'dns-frozen')
 

@@ -58,8 +58,8 @@ def variants(model: nn.Module, flops: float, imgsz: int, round_to: int = 16) -> 
     """Dense, 50 % unstructured and channel-pruned copies at ``flops`` of the FLOPs: layer scope with kept counts as
     they fall, and global scope with kept counts rounded up to ``round_to`` (named 'channel' and
     f'channel r{round_to}')."""
-    from utils.channel_pruning import DEFAULT_IMPORTANCE, amount_for_flops, prune_channels
-    from utils.sparsity import prune
+    from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, amount_for_flops, prune_channels
+    from utils.compression.weight.magnitude import prune
 
     out = {'dense': copy.deepcopy(model)}
     out['weight 50%'] = copy.deepcopy(model)
@@ -113,7 +113,7 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, tmp: Path, name: str) -> Cal
     try:
         import onnxruntime  # noqa: F401  (only whether it is installed: ort_cpu_session imports it)
 
-        from utils.export import export_onnx
+        from utils.onnx_export import export_onnx
     except ImportError:
         return None
     f = tmp / f"{name.replace(' ', '_').replace('%', '')}.onnx"
@@ -170,7 +170,7 @@ def run(cfgs: list[str] | None = None, weights: list[str] | None = None, flops: 
 
     from models.experimental import attempt_load
     from models.yolo import DetectionModel
-    from utils.channel_pruning import channel_multiple
+    from utils.compression.channel.pruning import channel_multiple
     from utils.torch_utils import model_flops, select_device
 
     dev = select_device(device)

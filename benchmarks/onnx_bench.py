@@ -46,9 +46,9 @@ def run(weights: list[str] | None = None, prune: list[float] | None = (0.5, 0.9)
 
     from benchmarks.latency_bench import ort_cpu_session, timings
     from models.experimental import attempt_load, prepare_model
-    from utils.export import export_onnx
+    from utils.compression.weight.magnitude import prune as prune_weights
     from utils.general import LOGGER
-    from utils.sparsity import prune as prune_weights
+    from utils.onnx_export import export_onnx
 
     weights = [str(w) for w in (weights or [SHIPPED])]
     level = LOGGER.level

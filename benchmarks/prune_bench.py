@@ -71,7 +71,7 @@ def child(cfg: str, method: str, amount: float, threads: int, half: bool) -> dic
     import torch
 
     from models.yolo import DetectionModel
-    from utils.sparsity import prune, sparsity
+    from utils.compression.weight.magnitude import prune, sparsity
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

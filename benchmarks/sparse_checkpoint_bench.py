@@ -40,8 +40,8 @@ def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def bench_model(name: str, model: torch.nn.Module, sparsities: list[float], codecs: list[str]) -> None:
-    from utils.sparse_format import compact_state_dict, expand_state_dict
-    from utils.sparsity import prune
+    from utils.compression.deep.sparse_format import compact_state_dict, expand_state_dict
+    from utils.compression.weight.magnitude import prune
 
     params = sum(p.numel() for p in model.parameters())
     print(f'\n{name}: {params / 1e6:.2f}M parameters, FP16 state_dict, layer-wise pruning')

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from utils.channel_groups import channel_groups  # noqa: E402
+from utils.compression.channel.groups import channel_groups  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 TP_HINT = 'Torch-Pruning is not installed: pip install torch-pruning'
@@ -224,8 +224,8 @@ def width_table(dense: nn.Module, ours: nn.Module, peer: nn.Module, out: Path) -
 def run(opt: argparse.Namespace) -> list[dict]:
     """Prune (ours, Torch-Pruning), evaluate, fine-tune, evaluate, time; print the table, write peer.csv."""
     from models.experimental import attempt_load
-    from utils.channel_pruning import amount_for_flops, prune_channels
     from utils.checkpoint import load, make_checkpoint, save
+    from utils.compression.channel.pruning import amount_for_flops, prune_channels
     from utils.general import LOGGER
 
     import_torch_pruning()  # fail before any work

@@ -54,7 +54,7 @@ class Trainer:
         self.compute_loss = ComputeLoss(model)
         self.dns = None
         if dns_target:
-            from utils.dns import DNS
+            from utils.compression.weight.dns import DNS
             self.dns = DNS(model, target=dns_target, surgery_steps=10 ** 6, gamma=0.0)  # sigma = 1: update every step
 
     def step(self, imgs: torch.Tensor, targets: torch.Tensor) -> float:

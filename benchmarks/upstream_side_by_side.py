@@ -122,8 +122,8 @@ def upstream_dataset(data: Path, out: Path) -> Path:
 def make_pruned(weights: Path, amount: float, out: Path) -> dict[str, Path]:
     """One-shot channel-pruned checkpoints written with our code, in upstream's layout."""
     from models.experimental import attempt_load
-    from utils.channel_pruning import prune_channels
     from utils.checkpoint import make_checkpoint, save
+    from utils.compression.channel.pruning import prune_channels
 
     base = attempt_load(weights, fuse=False)
     made = {}

@@ -45,7 +45,7 @@ def conv_ms(channels: int, size: int, kernel: int, channels_last: bool = False, 
 def run(sizes: list[int] = (160, 80, 40), widths: list[int] | None = None, kernels: list[int] = (3, 1),
         repeats: int = 20) -> list[dict]:
     """Print one table per size; returns rows {size, kernel, channels, format, ms, gflops_per_s}."""
-    from utils.channel_pruning import channel_multiple
+    from utils.compression.channel.pruning import channel_multiple
 
     r = channel_multiple('cpu')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()} '

@@ -83,9 +83,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
     are in the file (report None); pruning it is refused.
     """
     from models.backend import OnnxModel
+    from utils.compression.weight.magnitude import prune as prune_weights
+    from utils.compression.weight.magnitude import sparsity
     from utils.general import LOGGER
-    from utils.sparsity import prune as prune_weights
-    from utils.sparsity import sparsity
 
     if isinstance(model, OnnxModel):
         if prune:
@@ -93,7 +93,7 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
         return model.eval(), None
     models = list(model) if isinstance(model, Ensemble) else [model]
     if prune and prune_granularity == 'channel':
-        from utils.channel_pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
+        from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
         from utils.torch_utils import model_info
         prune_round = resolve_round(prune_round, device)
         for m in models:

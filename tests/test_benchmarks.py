@@ -34,7 +34,7 @@ def test_onnx_bench_prints_ratio_table(capsys):
 
 def test_latency_bench_prints_speedups(capsys):
     from benchmarks import latency_bench
-    from utils.channel_pruning import channel_multiple
+    from utils.compression.channel.pruning import channel_multiple
 
     rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True,
                              channels_last=True, keep_memory=False, per_layer=True)

@@ -15,11 +15,18 @@ import detect
 import train
 import val
 from models.experimental import attempt_load
-from tests.test_train import restore_determinism, tiny_data  # noqa: F401 (fixtures shared with test_train)
-from tests.test_train import args, free_port, read_csv, run_main, signal_at
-from utils.channel_groups import channel_groups
-from utils.channel_pruning import prunable_channels
+from tests.test_train import (  # noqa: F401 (fixtures shared with test_train)
+    args,
+    free_port,
+    read_csv,
+    restore_determinism,
+    run_main,
+    signal_at,
+    tiny_data,
+)
 from utils.checkpoint import load
+from utils.compression.channel.groups import channel_groups
+from utils.compression.channel.pruning import prunable_channels
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'

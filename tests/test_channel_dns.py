@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from utils.channel_dns import ChannelDNS
-from utils.channel_pruning import zero_channel_fraction
-from utils.slimming import Slimming
+from utils.compression.channel.dns import ChannelDNS
+from utils.compression.channel.pruning import zero_channel_fraction
+from utils.compression.channel.slimming import Slimming
 
 CFG = {'nc': 2, 'depth_multiple': 1.0, 'width_multiple': 1.0, 'anchors': [[10, 13, 16, 30, 33, 23]],
        'backbone': [[-1, 1, 'Conv', [8, 3, 2]], [-1, 1, 'C3', [8]], [-1, 1, 'Conv', [16, 3, 2]]],

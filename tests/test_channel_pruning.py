@@ -11,11 +11,11 @@ from torch import nn
 from models.common import C3, Bottleneck, Conv
 from models.experimental import attempt_load
 from models.yolo import Detect, DetectionModel
-from utils.channel_groups import ChannelPruningError, channel_groups
-from utils.channel_pruning import (amount_for_flops, channel_importance, prunable_channels, prune_channels,
-                                   resized_layers, select_channels, shrink, shrink_zero_channels, zero_channel_fraction,
-                                   zero_channels)
 from utils.checkpoint import load, make_checkpoint, save
+from utils.compression.channel.groups import ChannelPruningError, channel_groups
+from utils.compression.channel.pruning import (amount_for_flops, channel_importance, prunable_channels, prune_channels,
+                                               resized_layers, select_channels, shrink, shrink_zero_channels,
+                                               zero_channel_fraction, zero_channels)
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p.name for p in (ROOT / 'models').glob('yolov5*.yaml')) + \
@@ -138,7 +138,7 @@ def test_layer_scope_prunes_each_group_and_never_empties(v5n):
 
 
 def test_channel_multiple_follows_the_kernel_width():
-    from utils.channel_pruning import channel_multiple, resolve_round
+    from utils.compression.channel.pruning import channel_multiple, resolve_round
 
     avx512 = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
     assert channel_multiple('cpu') == channel_multiple(torch.device('cpu')) == (16 if avx512 else 8)
@@ -255,7 +255,7 @@ def test_amount_for_flops_hits_ratio(v5n):
 
 # ------------------------------------------------------------------------------------------------- checkpoints
 def test_pruned_checkpoint_round_trip_and_training_copy(v5n, tmp_path):
-    from utils.channel_pruning import pruned_model_for_training
+    from utils.compression.channel.pruning import pruned_model_for_training
 
     m = copy.deepcopy(v5n)
     prune_channels(m, 0.3)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 
 import pytest
 import torch
@@ -110,7 +109,7 @@ def test_atomic_save_keeps_old_file(tmp_path):
 
 @pytest.mark.parametrize('amount', [0.5, 0.9])
 def test_compact_round_trip_bit_exact(tmp_path, amount):
-    from utils.sparsity import prune
+    from utils.compression.weight.magnitude import prune
     torch.manual_seed(0)
     model = DetectionModel('yolov5n.yaml', nc=3)
     prune(model, amount)

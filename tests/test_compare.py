@@ -81,7 +81,7 @@ def test_compare_share_weights_rows(tiny_data, tmp_path):
     import torch
 
     from utils.checkpoint import load, make_checkpoint, save
-    from utils.sparsity import prune
+    from utils.compression.weight.magnitude import prune
 
     ckpt = load(Path(__file__).parents[1] / 'data' / 'weights' / 'yolov5n-shapes.pt')
     model = ckpt['model'].float()

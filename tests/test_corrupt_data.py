@@ -26,7 +26,7 @@ import pytest
 import val
 from tests.conftest import ROOT
 from utils import dataloaders as dl
-from utils.dataloaders import CORRUPT, LoadImagesAndLabels, check_dataset, create_dataloader, img2label_paths
+from utils.dataloaders import LoadImagesAndLabels, check_dataset, create_dataloader, img2label_paths
 
 NC = 3
 NAMES = {0: 'circle', 1: 'rectangle', 2: 'triangle'}

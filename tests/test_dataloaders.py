@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from utils import dataloaders as dl
-from utils.dataloaders import (CORRUPT, EMPTY, MISSING, OK, LoadImages, LoadImagesAndLabels, LoadStreams,
-                               check_dataset, create_dataloader, img2label_paths, labels_to_class_weights,
-                               labels_to_image_weights, scan_labels)
+from utils.dataloaders import (CORRUPT, LoadImages, LoadImagesAndLabels, LoadStreams, check_dataset, create_dataloader,
+                               img2label_paths, labels_to_class_weights, labels_to_image_weights, scan_labels)
 from utils.downloads import dataset_zips, needed
 from utils.general import LOGGER, ROOT, yaml_load
 from utils.shapes import boxes_to_yolo, draw_sample, generate_shapes_dataset

@@ -11,10 +11,11 @@ import torch
 from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
-from utils.deep_compression import DEEP_KEY, deep_path, deep_report, export_deep, main, parse_opt
+from utils.compression.deep.codec import DEEP_KEY
+from utils.compression.deep.deep_file import deep_path, deep_report, export_deep, main, parse_opt
+from utils.compression.deep.sharing import share_weights
+from utils.compression.layers import prunable_layers
 from utils.general import yaml_load
-from utils.sparsity import prunable_layers
-from utils.weight_sharing import share_weights
 
 MODELS = Path(__file__).resolve().parents[1] / 'models'
 YAMLS = sorted(MODELS.glob('yolov5*.yaml')) + sorted((MODELS / 'hub').glob('yolov5*.yaml'))
@@ -148,7 +149,7 @@ def test_cli_and_errors(deep_file, tmp_path, capsys):
 def test_export_include_deep_writes_coded_checkpoint(tmp_path):
     """python export.py --weights W --include deep writes W.deep.pt, which loads bit-exactly (also channel-pruned)."""
     import export
-    from utils.channel_pruning import prune_channels
+    from utils.compression.channel.pruning import prune_channels
 
     model = small_model(YAMLS[0], width=0.125)
     prune_channels(model, 0.3)  # a physically smaller model codes like any other

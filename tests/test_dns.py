@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from utils.dns import DNS, DNSConfig, cubic_schedule, exact_cut, hysteresis_scores, mask_rule, update_probability
+from utils.compression.surgery import DNSConfig, cubic_schedule, hysteresis_scores, update_probability
+from utils.compression.weight.dns import DNS, exact_cut, mask_rule
 
 
 @pytest.fixture(autouse=True, scope='module')

@@ -23,8 +23,8 @@ from models.backend import OnnxModel, parse_metadata
 from models.experimental import attempt_load, prepare_model
 from tests.conftest import ROOT, shapes_subset
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
+from utils.compression.weight.magnitude import prune, sparsity
 from utils.dataloaders import check_dataset, create_dataloader
-from utils.sparsity import prune, sparsity
 
 SHIPPED = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 NAMES = {0: 'circle', 1: 'rectangle', 2: 'triangle'}
@@ -202,7 +202,7 @@ def test_channel_pruned_checkpoint_exports_smaller_graph(tmp_path, data12):
     import onnx
     from onnx import numpy_helper
 
-    from utils.channel_pruning import prune_channels
+    from utils.compression.channel.pruning import prune_channels
 
     model = attempt_load(SHIPPED, fuse=False)
     prune_channels(model, 0.3)

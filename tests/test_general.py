@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.general import (check_img_size, increment_path, non_max_suppression, scale_boxes, xywh2xyxy,
-                           xywhn2xyxy, xyxy2xywh, xyxy2xywhn)
+from utils.general import (check_img_size, increment_path, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy,
+                           xyxy2xywh, xyxy2xywhn)
 
 
 def test_box_conversions_golden():

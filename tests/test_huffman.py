@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils import huffman
+from utils.compression.deep import huffman
 
 
 def test_code_lengths_and_canonical_codes_golden():

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (ConfusionMatrix, ap_per_class, bbox_ioa, box_iou, compute_ap, fitness, process_batch,
-                           smooth, wh_iou)
+from utils.metrics import (ConfusionMatrix, ap_per_class, bbox_ioa, box_iou, compute_ap, fitness, process_batch, smooth,
+                           wh_iou)
+from utils.plots import plot_pr_curves
 
 IOUV = torch.linspace(0.5, 0.95, 10)  # 0.50, 0.55, ..., 0.95
 
@@ -162,7 +163,8 @@ def test_ap_per_class_class_without_detections_and_no_labels():
 def test_ap_per_class_plots(tmp_path):
     tp, conf, pred_cls, target_cls = _two_class_set()
     names = {0: 'circle', 1: 'rectangle', 2: 'triangle'}  # class 2 has no data: left out of the legends
-    ap_per_class(tp, conf, pred_cls, target_cls, plot=True, save_dir=tmp_path, names=names, prefix='x_')
+    *_, curves = ap_per_class(tp, conf, pred_cls, target_cls, names=names, return_curves=True)
+    plot_pr_curves(curves, tmp_path, prefix='x_')
     for f in ('PR', 'F1', 'P', 'R'):
         png = tmp_path / f'x_{f}_curve.png'
         assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

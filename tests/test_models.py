@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -43,8 +42,8 @@ def test_forward_backward_small(cfg):
 @pytest.mark.parametrize('cfg', [y for y in YAMLS if y[6] in 'mlx'])
 def test_large_configs_build(cfg):
     """m/l/x only build with a tiny width to keep the suite fast; the full yolov5x count is checked below."""
-    from utils.general import yaml_load
     from models.yolo import find_model_yaml
+    from utils.general import yaml_load
     d = yaml_load(find_model_yaml(cfg))
     d['width_multiple'] = 0.125
     model = DetectionModel(d)

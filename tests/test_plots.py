@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.plots import Annotator, colors, feature_visualization, output_to_target, plot_images, plot_labels, \
-    plot_results, save_one_box
+from utils.plots import (Annotator, colors, feature_visualization, output_to_target, plot_images, plot_labels,
+                         plot_results, save_one_box)
 
 
 def test_colors_stable_bgr_and_wrapping():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.sparse_format import (CODECS, compact_state_dict, decode_sparse, encode_sparse, encoded_nbytes,
-                                 expand_state_dict, is_sparse_encoded)
+from utils.compression.deep.sparse_format import (CODECS, compact_state_dict, decode_sparse, encode_sparse,
+                                                  encoded_nbytes, expand_state_dict, is_sparse_encoded)
 
 
 def same_bits(a, b):

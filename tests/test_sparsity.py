@@ -10,9 +10,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from utils.sparsity import (SparsityReport, apply_masks, collapsed_layers, format_table, layer_sparsity,
-                            magnitude_masks,
-                            magnitude_threshold, prunable_layers, prune, sparsity, sweep_amounts)
+from utils.compression.layers import prunable_layers
+from utils.compression.weight.magnitude import (SparsityReport, apply_masks, collapsed_layers, format_table,
+                                                layer_sparsity, magnitude_masks, magnitude_threshold, prune, sparsity,
+                                                sweep_amounts)
 
 
 class ConvBN(nn.Module):

@@ -18,10 +18,11 @@ import train
 from models.common import C3, Conv
 from models.experimental import attempt_load
 from models.yolo import Detect, DetectionModel
-from utils.checkpoint import load, make_checkpoint, save
 from tests.conftest import shapes_subset
+from utils.checkpoint import load, make_checkpoint, save
+from utils.compression.layers import prunable_layers
+from utils.compression.weight.magnitude import prune
 from utils.loss import ComputeLoss
-from utils.sparsity import prunable_layers, prune
 from utils.train_utils import DNS_COLUMNS, RESULTS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ from torch import nn
 import train
 from tests.conftest import shapes_subset
 from utils.checkpoint import load, make_checkpoint, save
-from utils.sparsity import prunable_layers, prune
-from utils.weight_sharing import WeightSharing, kmeans_1d
+from utils.compression.deep.sharing import WeightSharing, kmeans_1d
+from utils.compression.layers import prunable_layers
+from utils.compression.weight.magnitude import prune
 
 
 def test_kmeans_linear_init_golden():
@@ -72,7 +73,7 @@ def test_centroid_gradient_is_sum_of_member_gradients(step):
     m(x).square().sum().backward()
     raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
     centroid = share.centroid_grads()
-    share.before_step()
+    share.on_gradients()
     for layer, g, index, cg in zip((m.conv, m.fc), raw, share.index, centroid):
         for k in range(share.k):
             members = index == k
@@ -91,7 +92,7 @@ def test_mean_step_moves_a_centroid_by_its_members_average_sgd_step():
     before = [c.clone() for c in share.codebooks]
     m(torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(4))).square().sum().backward()
     raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
-    share.before_step()
+    share.on_gradients()
     torch.optim.SGD(m.parameters(), lr=0.1).step()
     share.after_step()
     for g, index, c, c0 in zip(raw, share.index, share.codebooks, before):
@@ -115,7 +116,7 @@ def test_optimizer_step_moves_centroids_and_keeps_sharing():
     x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(2))
     for _ in range(3):
         m(x).square().sum().backward()
-        share.before_step()
+        share.on_gradients()
         opt.step()
         opt.zero_grad()
         share.after_step()

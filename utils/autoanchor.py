@@ -155,7 +155,10 @@ def kmean_anchors(
     only where it passes ``1/thr``. Deterministic for a given ``seed``.
     """
     if isinstance(dataset, (str, dict)):
-        from utils.dataloaders import LoadImagesAndLabels, check_dataset  # only when a path is given
+        from utils.dataloaders import (  # only when a path is given
+            LoadImagesAndLabels,
+            check_dataset,
+        )
 
         data = check_dataset(dataset)  # only labels and image sizes are used: no augmentation (which needs hyp)
         dataset = LoadImagesAndLabels(data['train'], rect=True, nc=data['nc'])

@@ -12,11 +12,20 @@ import os
 import pickle
 import re
 import tempfile
+from copy import deepcopy
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from utils.compression.deep.codec import DEEP_KEY
+from utils.compression.deep.codec import expand as expand_deep  # .deep.pt files
+from utils.compression.deep.sparse_format import decode_sparse, encode_sparse, encoded_nbytes
+from utils.compression.layers import de_parallel
+
+UPSTREAM_KEYS = ('epoch', 'best_fitness', 'model', 'ema', 'updates', 'optimizer', 'opt', 'git', 'date')
 
 
 class CheckpointError(RuntimeError):
@@ -103,8 +112,6 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu', expand: boo
             _expand(ckpt)
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f'corrupt compact weights in {path}: {e}') from None
-    from utils.deep_compression import DEEP_KEY, expand as expand_deep
-
     if DEEP_KEY in ckpt:
         try:
             ckpt = expand_deep(ckpt[DEEP_KEY], lambda data: load_bytes(data, map_location))
@@ -121,10 +128,6 @@ def _compact(ckpt: dict[str, Any], codec: str = 'zlib') -> dict[str, Any]:
 
     The pickled modules keep every attribute; an encoded parameter is left as an empty tensor of its dtype.
     """
-    from copy import deepcopy
-
-    from utils.sparse_format import encode_sparse, encoded_nbytes
-
     out, sparse = dict(ckpt), {}
     for key in ('model', 'ema'):
         if not isinstance(ckpt.get(key), nn.Module):
@@ -143,8 +146,6 @@ def _compact(ckpt: dict[str, Any], codec: str = 'zlib') -> dict[str, Any]:
 
 def _expand(ckpt: dict[str, Any]) -> None:
     """Inverse of ``_compact``, in place: decode every encoded weight back into its parameter (bit-exact)."""
-    from utils.sparse_format import decode_sparse
-
     for key, enc in ckpt.pop(SPARSE_KEY).items():
         params = dict(ckpt[key].named_parameters())
         for name, e in enc.items():
@@ -184,11 +185,6 @@ def make_checkpoint(model: nn.Module, ema: nn.Module | None = None, epoch: int =
 
     Extra keys (e.g. ``dns`` masks) are ignored by upstream's loader.
     """
-    from copy import deepcopy
-    from datetime import datetime
-
-    from utils.torch_utils import de_parallel
-
     def half_copy(m: nn.Module | None) -> nn.Module | None:
         return None if m is None else deepcopy(de_parallel(m)).half()
 
@@ -198,16 +194,27 @@ def make_checkpoint(model: nn.Module, ema: nn.Module | None = None, epoch: int =
     return ckpt
 
 
-def strip_optimizer(f: str | Path) -> float:
-    """Finish a training checkpoint like a release: ema -> model, no optimizer, epoch -1. Returns MB on disk."""
-    ckpt = load(f)
-    if ckpt.get('ema') is not None:
-        ckpt['model'] = ckpt['ema']
-    for k in ('optimizer', 'best_fitness', 'ema', 'updates'):
-        ckpt[k] = None
-    ckpt['epoch'] = -1
-    ckpt['model'].half()
-    for p in ckpt['model'].parameters():
+def release_checkpoint(ckpt: dict[str, Any], keep_extra: bool = False) -> dict[str, Any]:
+    """Upstream's finished-checkpoint dict from a (training or release) checkpoint: EMA (else model) as 'model', a
+    copy without gradients, no optimizer or EMA, epoch -1. Extra keys (e.g. 'dns' or 'share' training state) are
+    dropped unless ``keep_extra``."""
+    model = ckpt.get('ema') if isinstance(ckpt.get('ema'), nn.Module) else ckpt.get('model')
+    if not isinstance(model, nn.Module):
+        raise ValueError("checkpoint holds no model under 'model' or 'ema'")
+    out = {k: ckpt.get(k) for k in UPSTREAM_KEYS}
+    out.update(epoch=-1, best_fitness=None, model=deepcopy(de_parallel(model)), ema=None, updates=None,
+               optimizer=None)
+    if keep_extra:
+        out.update({k: v for k, v in ckpt.items() if k not in UPSTREAM_KEYS})
+    for p in out['model'].parameters():
         p.requires_grad = False
+    return out
+
+
+def strip_optimizer(f: str | Path) -> float:
+    """Finish a training checkpoint file in place like a release (release_checkpoint, extra keys kept, FP16).
+    Returns MB on disk."""
+    ckpt = release_checkpoint(load(f), keep_extra=True)
+    ckpt['model'].half()
     save(ckpt, f)
     return os.path.getsize(f) / 1e6

@@ -57,7 +57,7 @@ def prune_amount(s: str) -> float:
 
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """The pruning flags shared by val.py and detect.py (applied after loading, before fusing)."""
-    from utils.channel_pruning import IMPORTANCES
+    from utils.compression.channel.pruning import IMPORTANCES
 
     parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='prune this fraction before evaluating, 0 <= AMOUNT < 1: of the Conv2d weights '

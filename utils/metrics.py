@@ -13,6 +13,7 @@ All boxes are (x1, y1, x2, y2) in the same units (normally pixels of the origina
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +58,28 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.nda
     return ap, mpre, mrec
 
 
+@dataclass
+class PRCurves:
+    """Per-class curves of one evaluation, for plotting: P, R and F1 against confidence ``px`` (1000 points in
+    [0, 1]), precision ``py`` against recall ``px`` (IoU 0.5), all (nc, 1000); ``ap`` (nc, t); ``names`` of the
+    classes with ground truth, in row order."""
+
+    px: np.ndarray
+    py: np.ndarray
+    p: np.ndarray
+    r: np.ndarray
+    f1: np.ndarray
+    ap: np.ndarray
+    names: dict
+
+
 def ap_per_class(tp: np.ndarray,
                  conf: np.ndarray,
                  pred_cls: np.ndarray,
                  target_cls: np.ndarray,
-                 plot: bool = False,
-                 save_dir: str | Path = '.',
                  names: dict | list | tuple = (),
                  eps: float = 1e-16,
-                 prefix: str = '') -> tuple[np.ndarray, ...]:
+                 return_curves: bool = False) -> tuple:
     """Per-class P, R, F1 and AP from all detections of a data set (upstream YOLOv5 v7.0 definitions).
 
     Args:
@@ -73,12 +87,12 @@ def ap_per_class(tp: np.ndarray,
         conf: (n,) detection confidence in [0, 1].
         pred_cls: (n,) detected class index.
         target_cls: (m,) class index of every ground-truth object.
-        plot: write PR/F1/P/R curve PNGs (`{prefix}PR_curve.png` ...) into save_dir.
-        names: {class index: name} (or a list) for the plot legends.
+        names: {class index: name} (or a list), kept in the curves for plot legends.
+        return_curves: also return the PRCurves (utils.plots.plot_pr_curves draws them).
     Returns:
         (tp, fp, p, r, f1, ap, classes): for each class c that has ground truth (classes, ascending):
         tp/fp counts, precision, recall and F1 at the confidence maximising the smoothed mean F1
-        (all shape (nc,)), ap (nc, t), classes (nc,) int.
+        (all shape (nc,)), ap (nc, t), classes (nc,) int; then the PRCurves if ``return_curves``.
     """
     tp, conf, pred_cls, target_cls = (np.asarray(a) for a in (tp, conf, pred_cls, target_cls))
     if tp.ndim == 1:
@@ -92,7 +106,9 @@ def ap_per_class(tp: np.ndarray,
     nc = unique_classes.shape[0]
     if nc == 0:  # no ground truth at all: nothing to score (upstream would warn on empty means)
         z = np.zeros(0)
-        return z, z, z, z, z, np.zeros((0, tp.shape[1])), unique_classes.astype(int)
+        out = z, z, z, z, z, np.zeros((0, tp.shape[1])), unique_classes.astype(int)
+        return (*out, PRCurves(np.linspace(0, 1, 1000), *(np.zeros((0, 1000)),) * 4, out[5], {})) if return_curves \
+            else out
 
     px = np.linspace(0, 1, 1000)  # confidence axis for the P/R/F1 curves
     ap, p, r = np.zeros((nc, tp.shape[1])), np.zeros((nc, 1000)), np.zeros((nc, 1000))
@@ -116,27 +132,20 @@ def ap_per_class(tp: np.ndarray,
 
         for j in range(tp.shape[1]):
             ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
-            if plot and j == 0:
+            if return_curves and j == 0:
                 py[ci] = np.interp(px, mrec, mpre)
 
     f1 = 2 * p * r / (p + r + eps)
     if not isinstance(names, dict):
         names = dict(enumerate(names))
     names = dict(enumerate(v for k, v in names.items() if k in unique_classes))  # only classes with data
-    if plot:
-        from utils.plots import plot_mc_curve, plot_pr_curve  # plots import matplotlib: only when asked
-
-        save_dir = Path(save_dir)
-        plot_pr_curve(px, py, ap, save_dir / f'{prefix}PR_curve.png', names)
-        plot_mc_curve(px, f1, save_dir / f'{prefix}F1_curve.png', names, ylabel='F1')
-        plot_mc_curve(px, p, save_dir / f'{prefix}P_curve.png', names, ylabel='Precision')
-        plot_mc_curve(px, r, save_dir / f'{prefix}R_curve.png', names, ylabel='Recall')
-
+    curves = PRCurves(px, py, p, r, f1, ap, names)
     i = smooth(f1.mean(0), 0.1).argmax()  # confidence index of max smoothed mean F1
     p, r, f1 = p[:, i], r[:, i], f1[:, i]
     tp = (r * nt).round()
     fp = (tp / (p + eps) - tp).round()
-    return tp, fp, p, r, f1, ap, unique_classes.astype(int)
+    out = tp, fp, p, r, f1, ap, unique_classes.astype(int)
+    return (*out, curves) if return_curves else out
 
 
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from utils.general import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.metrics import PRCurves, smooth
 
 # The 10 curves of upstream's results.png, in its subplot order (row 1: train losses, P, R; row 2: val losses, mAPs)
 RESULTS_KEYS = ('train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
@@ -204,8 +205,6 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_dir: str | Path = Path('m
     """Metric-vs-confidence curves (F1, P or R): py (nc, len(px)); the bold line is the smoothed class mean."""
     from matplotlib.figure import Figure
 
-    from utils.metrics import smooth
-
     py = np.asarray(py).reshape(-1, len(px))
     names = dict(enumerate(names)) if not isinstance(names, dict) else names
     fig = Figure(figsize=(9, 6), tight_layout=True)
@@ -224,6 +223,16 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_dir: str | Path = Path('m
     ax.legend(bbox_to_anchor=(1.04, 1), loc='upper left')
     ax.set_title(f'{ylabel}-Confidence Curve')
     fig.savefig(save_dir, dpi=250)
+
+
+def plot_pr_curves(curves: PRCurves, save_dir: str | Path, prefix: str = '') -> None:
+    """The four evaluation plots of val.py: {prefix}PR_curve.png, F1_curve.png, P_curve.png, R_curve.png."""
+    save_dir = Path(save_dir)
+    c = curves
+    plot_pr_curve(c.px, c.py, c.ap, save_dir / f'{prefix}PR_curve.png', c.names)
+    plot_mc_curve(c.px, c.f1, save_dir / f'{prefix}F1_curve.png', c.names, ylabel='F1')
+    plot_mc_curve(c.px, c.p, save_dir / f'{prefix}P_curve.png', c.names, ylabel='Precision')
+    plot_mc_curve(c.px, c.r, save_dir / f'{prefix}R_curve.png', c.names, ylabel='Recall')
 
 
 def plot_labels(labels: np.ndarray, names: dict | list | tuple = (), save_dir: str | Path = Path('')) -> Path:

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from utils.compression.layers import de_parallel  # noqa: F401  (public API, upstream's name)
+from utils.compression.weight.magnitude import prune, sparsity  # noqa: F401  (public API, see module docstring)
 from utils.general import LOGGER
-from utils.sparsity import prune, sparsity  # noqa: F401  (public API, see module docstring)
 
 
 class DeviceError(ValueError):
@@ -96,11 +97,6 @@ def torch_distributed_zero_first(local_rank: int):
 def is_parallel(model: nn.Module) -> bool:
     """True for DataParallel / DistributedDataParallel wrappers."""
     return isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel))
-
-
-def de_parallel(model: nn.Module) -> nn.Module:
-    """The wrapped module of a DP/DDP model, else the model itself."""
-    return model.module if is_parallel(model) else model
 
 
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

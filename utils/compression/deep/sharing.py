@@ -40,7 +40,7 @@ How train.py calls it (next to DNS's hooks, see utils/dns.py):
     scaler.scale(loss).backward()
     if ni - last_opt_step >= accumulate:
         scaler.unscale_(optimizer)
-        share.before_step()                           # grad <- the cluster's step gradient (before clipping, so
+        share.on_gradients()                          # grad <- the cluster's step gradient (before clipping, so
         clip_grad_norm_(model.parameters(), 10.0)     #   the clip bounds the centroid steps actually taken)
         scaler.step(optimizer); scaler.update(); optimizer.zero_grad()
         share.after_step()                            # centroid <- mean of members; weights <- codebook[index]
@@ -57,7 +57,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from utils.sparsity import prunable_layers, unwrap_model
+from utils.compression.hooks import TrainingHook
+from utils.compression.layers import de_parallel, distributed, prunable_layers
+from utils.general import colorstr
 
 BITS = range(2, 9)  # allowed bits per index: 4 .. 256 centroids per layer
 STEPS = ('mean', 'sum')  # centroid step: LR / members on the summed gradient, or the LR as is (see the module doc)
@@ -99,11 +101,7 @@ def kmeans_1d(values: Tensor, k: int, max_iter: int = 300) -> tuple[Tensor, Tens
     return centroids, assignment
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-class WeightSharing:
+class WeightSharing(TrainingHook):
     """2^bits shared values per Conv2d/Linear weight of ``model``, with the hooks of centroid fine-tuning.
 
     Per managed weight (in `names` order): `codebooks[i]` (float32, 2^bits centroids, on the weight's device) and
@@ -111,6 +109,8 @@ class WeightSharing:
     k-means on the current non-zero weights and writes the shared values into the model. See the module docstring
     for where the hooks go in a training step.
     """
+
+    key = 'share'  # checkpoint key of state_dict()
 
     def __init__(self, model: nn.Module, bits: int, step: str = 'mean') -> None:
         if bits not in BITS:
@@ -151,8 +151,8 @@ class WeightSharing:
         return out
 
     @torch.no_grad()
-    def before_step(self) -> None:
-        """Replace each managed weight's gradient by its centroid's step gradient: the summed cluster gradient,
+    def on_gradients(self) -> None:
+        """Before gradient clipping: replace each managed weight's gradient by its centroid's step gradient: the summed cluster gradient,
         divided by the member count for step 'mean' (0 for zero weights, whose cluster never moves)."""
         for module, index, count, grads in zip(self.modules, self.index, self._members, self.centroid_grads()):
             if grads is None:
@@ -165,7 +165,7 @@ class WeightSharing:
     @torch.no_grad()
     def after_step(self) -> None:
         """Read each centroid back as the mean of its members, make ranks agree (DDP), rewrite the weights."""
-        self._read(self.modules, broadcast=_distributed())
+        self._read(self.modules, broadcast=distributed())
         self._write(self.modules)
 
     # ---- other models (EMA) ----
@@ -177,7 +177,7 @@ class WeightSharing:
         Only that model changes (its own centroids are the means of its own weights, e.g. EMA-averaged ones);
         this object's codebooks are untouched.
         """
-        found = dict(unwrap_model(model).named_modules())
+        found = dict(de_parallel(model).named_modules())
         modules = []
         for name, index in zip(self.layer_names, self.index):
             weight = getattr(found.get(name), 'weight', None)
@@ -225,6 +225,9 @@ class WeightSharing:
         return [torch.cat([c, c.new_zeros(1)])[i.long()] for c, i in zip(self.codebooks, self.index)]
 
     # ---- reports ----
+
+    def final_report(self) -> str:
+        return f"{colorstr('weight sharing: ')}codebooks per layer\n{self.layer_table()}"
 
     def layer_table(self) -> str:
         """Per-layer table: name, shape, non-zero weights, centroids in use, centroid range; then the total."""

@@ -2,7 +2,7 @@
 
 Training adds the L1 penalty lambda * sum|gamma| over the BatchNorm scales of the prunable channels (those of the
 channel groups in utils/channel_groups.py: not the input image, not grouped convs), driving unimportant channels'
-gamma towards 0; channel pruning ranked by |gamma| (``--prune-granularity channel --prune-importance bn``) then
+gamma towards 0; channel pruning ranked by |gamma| (val.py/detect.py `--prune-importance bn`) then
 removes them. The penalty enters as its subgradient, added to gamma's gradient once per optimizer step, after
 GradScaler.unscale_ and clipping and before optimizer.step():
 
@@ -21,18 +21,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.channel_groups import channel_groups
-from utils.sparsity import unwrap_model
+from utils.compression.channel.groups import channel_groups
+from utils.compression.hooks import TrainingHook
+from utils.compression.layers import de_parallel
+from utils.general import LOGGER, colorstr
 
 
-class Slimming:
+class Slimming(TrainingHook):
     """L1 subgradient on the BN scales of a YOLOv5 model's prunable channels (see the module docstring)."""
 
     def __init__(self, model: nn.Module, lam: float) -> None:
         if not lam >= 0:
             raise ValueError(f'slimming lambda must be >= 0, got {lam}')
         self.lam = float(lam)
-        gammas = {id(p.bn.weight): p.bn.weight for g in channel_groups(unwrap_model(model)) if not g.frozen
+        gammas = {id(p.bn.weight): p.bn.weight for g in channel_groups(de_parallel(model)) if not g.frozen
                   for p in g.producers if p.bn is not None}
         self.gammas = list(gammas.values())
         if not self.gammas:
@@ -45,6 +47,11 @@ class Slimming:
             if g.grad is None:
                 g.grad = torch.zeros_like(g)
             g.grad.add_(torch.sign(g), alpha=self.lam)
+
+    def epoch_columns(self, model: nn.Module) -> dict[str, float | int]:
+        """No results.csv columns; logs how far the scales have been driven towards 0."""
+        LOGGER.info(f"{colorstr('slimming: ')}{self.gamma_summary()}")
+        return {}
 
     def penalty(self) -> float:
         """lam * sum|gamma| (loss units) for logging."""

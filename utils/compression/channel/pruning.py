@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from utils.channel_groups import ChannelGroup, ChannelPruningError, Producer, channel_groups
-from utils.sparsity import unwrap_model as unwrap
+from utils.compression.channel.groups import ChannelGroup, ChannelPruningError, Producer, channel_groups
+from utils.compression.layers import SCOPES, de_parallel
 
 LOGGER = logging.getLogger('yolov5')
 
 IMPORTANCES = ('l1', 'bn', 'group')
 DEFAULT_IMPORTANCE = 'group'  # what val.py, detect.py and train.py rank by unless told: best after fine-tuning
-SCOPES = ('layer', 'global')
 
 
 # ------------------------------------------------------------------------------------------------ importance
@@ -274,7 +273,7 @@ def prune_channels(model: nn.Module, amount: float, scope: str = 'layer', import
     _check(amount, scope, round_to)
     if importance not in IMPORTANCES:
         raise ValueError(f"channel importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
-    model = unwrap(model)
+    model = de_parallel(model)
     params_before = _params(model)
     groups = channel_groups(model)
     before = prunable_channels(groups)
@@ -348,7 +347,7 @@ def zero_channel_masks(groups: Sequence[ChannelGroup]) -> list[Tensor]:
 
 def shrink_zero_channels(model: nn.Module) -> ChannelReport:
     """Physically remove every prunable channel whose output is exactly 0 (e.g. a channel-DNS model); outputs unchanged."""
-    model = unwrap(model)
+    model = de_parallel(model)
     params_before = _params(model)
     groups = channel_groups(model)
     before = prunable_channels(groups)
@@ -358,7 +357,7 @@ def shrink_zero_channels(model: nn.Module) -> ChannelReport:
 
 def zero_channel_fraction(model: nn.Module) -> float:
     """Fraction of the prunable channels whose output is exactly 0 (masked by channel DNS)."""
-    groups = channel_groups(unwrap(model))
+    groups = channel_groups(de_parallel(model))
     keep = zero_channel_masks(groups)
     total = prunable_channels(groups)
     return sum(int((~k).sum()) for g, k in zip(groups, keep) if not g.frozen) / max(total, 1)
@@ -391,9 +390,9 @@ def resized_layers(model: nn.Module, reference: nn.Module) -> int:
     """How many Conv2d/BatchNorm2d layers of ``model`` read or make a different number of channels than the
     same-named layer of ``reference`` (e.g. the model its YAML builds); output widths are not compared, so a
     different number of classes (Detect outputs) does not count."""
-    ref = dict(unwrap(reference).named_modules())
+    ref = dict(de_parallel(reference).named_modules())
     n = 0
-    for name, m in unwrap(model).named_modules():
+    for name, m in de_parallel(model).named_modules():
         r = ref.get(name)
         if isinstance(m, nn.Conv2d) and isinstance(r, nn.Conv2d):
             n += m.in_channels != r.in_channels  # a narrower producer shows in its readers and its BN
@@ -408,7 +407,7 @@ def pruned_model_for_training(model: nn.Module, nc: int) -> nn.Module:
 
     from models.yolo import Detect
 
-    m = deepcopy(unwrap(model)).float()
+    m = deepcopy(de_parallel(model)).float()
     detect = m.model[-1]
     if isinstance(detect, Detect) and detect.nc != nc:
         LOGGER.info(f'Overriding the pruned model nc={detect.nc} with nc={nc} (new Detect output layers)')
@@ -434,14 +433,14 @@ def amount_for_flops(model: nn.Module, flops_ratio: float, scope: str = 'layer',
 
     if not 0.0 < flops_ratio <= 1.0:
         raise ValueError(f'FLOPs ratio must be in (0, 1], got {flops_ratio}')
-    base = model_flops(unwrap(model), imgsz)
+    base = model_flops(de_parallel(model), imgsz)
     lo, hi = 0.0, 0.99
     level = logging.getLogger('yolov5').level
     logging.getLogger('yolov5').setLevel(logging.WARNING)  # no report line per trial
     try:
         for _ in range(20):
             mid = (lo + hi) / 2
-            m = deepcopy(unwrap(model))
+            m = deepcopy(de_parallel(model))
             prune_channels(m, mid, scope, importance, round_to)
             ratio = model_flops(m, imgsz) / base
             if abs(ratio - flops_ratio) <= tol:

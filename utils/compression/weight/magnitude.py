@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from utils.compression.layers import SCOPES, de_parallel, prunable_layers
+
 LOGGER = logging.getLogger('yolov5')
 
-SCOPES = ('layer', 'global')
 Importance = Callable[[Tensor], Tensor]
 
 _HI_BITS = 16  # radix select: first pass on the high 16 bits of the float32 pattern, second on the low 16
@@ -38,51 +39,6 @@ def l1_importance(weight: Tensor) -> Tensor:
     """L1 magnitude criterion: |weight| as a new flat float32 tensor (computed in float32 for FP16 weights too)."""
     w = weight.detach()
     return (w.abs() if w.dtype == torch.float32 else w.float().abs_()).view(-1)  # FP16: one cast, abs in place
-
-
-# ----------------------------------------------------------------------------------------------- layer choice
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel / AveragedModel (`.module`) or ModelEMA (`.ema`)."""
-    while True:
-        if not isinstance(model, nn.Module) and isinstance(getattr(model, 'ema', None), nn.Module):
-            model = model.ema  # ModelEMA is a plain object holding the averaged model
-        elif isinstance(model, nn.Module) and set(model._modules) == {'module'}:
-            model = model.module  # a wrapper whose only child is the wrapped model
-        else:
-            break
-    if not isinstance(model, nn.Module):
-        raise TypeError(f'expected a torch.nn.Module (or a DDP/EMA wrapper of one), got {type(model).__name__}')
-    return model
-
-
-def _is_detect(module: nn.Module) -> bool:
-    """True for the YOLOv5 Detect head (or a subclass such as Segment); matched by class name to avoid importing models."""
-    return any(cls.__name__ == 'Detect' for cls in type(module).__mro__) and isinstance(getattr(module, 'm', None),
-                                                                                         nn.ModuleList)
-
-
-def prunable_layers(model: nn.Module,
-                    exclude_first: bool = False,
-                    exclude_detect: bool = False,
-                    types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
-    """Layers whose `.weight` may be pruned, as (name, module) in `named_modules` order.
-
-    Names are relative to the unwrapped model (DDP/EMA wrappers are looked through), so they are the same for a
-    model and its wrapper. `exclude_first` drops the model's first nn.Conv2d (the stem); `exclude_detect` drops the
-    output convs in the Detect head's `m` ModuleList. Fused and unfused models give the same list.
-    """
-    model = unwrap_model(model)
-    excluded: set[int] = set()
-    if exclude_first:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is not None:
-            excluded.add(id(first))
-    if exclude_detect:
-        for m in model.modules():
-            if _is_detect(m):
-                excluded.update(id(x) for x in m.m.modules())
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, types) and isinstance(getattr(m, 'weight', None), Tensor) and id(m) not in excluded]
 
 
 # ------------------------------------------------------------------------------------------------ ranking
@@ -262,7 +218,7 @@ def _zeros(t: Tensor) -> int:
 def sparsity(model: nn.Module, exclude_first: bool = False, exclude_detect: bool = False) -> SparsityReport:
     """Count zeros in the prunable weights (see `prunable_layers`) and in all parameters of `model`."""
     layers = prunable_layers(model, exclude_first, exclude_detect)
-    zeros = {id(p): (_zeros(p), p.numel()) for p in unwrap_model(model).parameters()}  # each shared tensor once
+    zeros = {id(p): (_zeros(p), p.numel()) for p in de_parallel(model).parameters()}  # each shared tensor once
     weights = [zeros.get(id(m.weight)) or (_zeros(m.weight), m.weight.numel()) for _, m in layers]
     return SparsityReport(prunable_zeros=sum(z for z, _ in weights),
                           prunable_total=sum(n for _, n in weights),

@@ -29,8 +29,8 @@ from torch import Tensor
 FORMAT_KEY = 'sparse_format'  # marks an encoded tensor; its value is the layout version
 VERSION = 1
 CODECS = ('zlib', 'lzma', 'none')
-_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32, 'float64': torch.float64}
-_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size integer view of each float dtype
+FLOAT_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32, 'float64': torch.float64}
+INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size integer view of each float dtype, by bytes
 
 
 def _compress(data: bytes, codec: str) -> bytes:
@@ -92,12 +92,12 @@ def encode_sparse(tensor: Tensor, codec: str = 'zlib') -> dict[str, Any]:
     if codec not in CODECS:
         raise ValueError(f'codec must be one of {CODECS}, got {codec!r}')
     name = str(tensor.dtype).removeprefix('torch.')
-    if name not in _DTYPES:
-        raise ValueError(f'encode_sparse stores floating tensors {tuple(_DTYPES)}, got {tensor.dtype}')
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f'encode_sparse stores floating tensors {tuple(FLOAT_DTYPES)}, got {tensor.dtype}')
     # numpy on the raw bit patterns (NaN payloads survive; single-threaded numpy is faster than torch's thread
     # pool for the many small tensors of a checkpoint)
     t = tensor.detach().cpu().contiguous().view(-1)
-    bits = t.view(_BITS[t.element_size()]).numpy()
+    bits = t.view(INT_VIEW[t.element_size()]).numpy()
     keep = (bits & np.iinfo(bits.dtype).max) != 0  # all bits but the sign: +0.0 and -0.0 are the zeros
     values = bits[keep]
     values = values.astype(values.dtype.newbyteorder('<'), copy=False)  # stored little-endian
@@ -118,7 +118,7 @@ def decode_sparse(data: dict[str, Any]) -> Tensor:
     if not is_sparse_encoded(data) or data[FORMAT_KEY] != VERSION:
         raise ValueError(f'not a version-{VERSION} sparse tensor encoding (expected a dict with {FORMAT_KEY!r}: {VERSION})')
     try:
-        shape, dtype, codec, nnz = [int(s) for s in data['shape']], _DTYPES[data['dtype']], data['codec'], data['nnz']
+        shape, dtype, codec, nnz = [int(s) for s in data['shape']], FLOAT_DTYPES[data['dtype']], data['codec'], data['nnz']
         if codec not in CODECS:
             raise KeyError(codec)
         n = int(np.prod(shape, dtype=np.int64))
@@ -149,7 +149,7 @@ def compact_state_dict(state: dict[str, Any], codec: str = 'zlib') -> dict[str, 
     """Copy of `state` with every floating tensor that encoding shrinks replaced by its `encode_sparse` dict."""
     out = {}
     for k, v in state.items():
-        if isinstance(v, Tensor) and str(v.dtype).removeprefix('torch.') in _DTYPES and v.numel():
+        if isinstance(v, Tensor) and str(v.dtype).removeprefix('torch.') in FLOAT_DTYPES and v.numel():
             enc = encode_sparse(v, codec)
             out[k] = enc if encoded_nbytes(enc) < v.numel() * v.element_size() else v
         else:

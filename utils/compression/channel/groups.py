@@ -189,9 +189,9 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
 
     Raises ChannelPruningError (one line) for a model or module the walk does not know.
     """
-    from utils.sparsity import unwrap_model
+    from utils.compression.layers import de_parallel
 
-    model = unwrap_model(model)
+    model = de_parallel(model)
     layers = getattr(model, 'model', None)
     if not isinstance(layers, nn.Sequential) or not all(hasattr(m, 'f') for m in layers):
         raise ChannelPruningError(f'channel pruning needs a YOLOv5 DetectionModel, got {type(model).__name__}')

@@ -18,22 +18,27 @@ per update through `utils.channel_pruning.select_channels`), with σ(k) update d
 rank; under torch.distributed the masks are also broadcast from rank 0 after every update, so all ranks always hold
 identical channel masks. The step protocol, schedule, update draws and reports are utils.dns.SurgeryBase's, shared
 with DNS (before_step / after_step / finish / apply_to / state_dict), so train.py drives both the same way; train.py
-shrinks best.pt and last.pt when training ends.
+shrinks best.pt and last.pt when training ends (`finish_file`).
 """
 
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from utils.channel_groups import ChannelGroup, channel_groups
-from utils.channel_pruning import IMPORTANCES, channel_importance, select_channels, zero_channel_masks
-from utils.dns import DNSConfig, SurgeryBase, _distributed, hysteresis_scores
-from utils.sparsity import unwrap_model
+from utils.compression.channel.groups import ChannelGroup, channel_groups
+from utils.compression.channel.pruning import (IMPORTANCES, channel_importance, select_channels, shrink_checkpoint,
+                                               shrink_zero_channels, zero_channel_fraction, zero_channel_masks)
+from utils.compression.layers import de_parallel, distributed
+from utils.compression.surgery import DNSConfig, SurgeryBase, hysteresis_scores
+from utils.general import LOGGER, colorstr
+from utils.torch_utils import model_flops
 
 
 @dataclass
@@ -79,7 +84,7 @@ class ChannelDNS(SurgeryBase):
                                power=power, s_init=0.0 if s_init is None else s_init, seed=seed,
                                exclude_first=exclude_first, exclude_detect=exclude_detect,
                                sync_masks=sync_masks, importance=importance, round_to=round_to)
-        model = unwrap_model(model)
+        model = de_parallel(model)
         groups = channel_groups(model)
         if exclude_first:  # the group of the first conv keeps its channels
             groups = [g for g in groups if not any(p.name.startswith('model.0.') for p in g.producers)]
@@ -139,7 +144,7 @@ class ChannelDNS(SurgeryBase):
         self.dense = []
 
     def _set_masks(self, keep: list[Tensor]) -> None:
-        if self.cfg.sync_masks and _distributed():
+        if self.cfg.sync_masks and distributed():
             flat = torch.cat(keep).to(device=self._device(), dtype=torch.uint8)
             dist.broadcast(flat, src=0)
             keep = list(flat.bool().cpu().split([k.numel() for k in keep]))
@@ -152,7 +157,7 @@ class ChannelDNS(SurgeryBase):
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> None:
         """Zero the masked channels of a model with the same parameter names and shapes (the EMA copy)."""
-        found = dict(unwrap_model(model).named_parameters())
+        found = dict(de_parallel(model).named_parameters())
         for ps, keep in zip(self.params, self.keep):
             for name, t in ps:
                 other = found.get(name)
@@ -162,6 +167,15 @@ class ChannelDNS(SurgeryBase):
 
     # ---- reports (masks, masks_by_name keyed by the group's first producer e.g. 'model.2.cv1.conv', sparsity as
     # the fraction of prunable channels masked, summary, reset_counters: SurgeryBase)
+
+    def _model_sparsity(self, model: nn.Module) -> float:
+        r = zero_channel_fraction(model)
+        LOGGER.info(f'{colorstr("sparsity: ")}{r:.1%} of prunable channels off; {channel_flops_line(model)}')
+        return r
+
+    def finish_file(self, f: Path) -> str:
+        """Masked channels output 0: remove them from the saved model, a physically smaller one."""
+        return f'{Path(f).name}: {shrink_checkpoint(f)}'
 
     def layer_table(self) -> str:
         """Per-group table: first producer, channels, masked fraction, pruned/spliced since reset_counters()."""
@@ -199,12 +213,7 @@ class ChannelDNS(SurgeryBase):
 
 def channel_flops_line(model: nn.Module, imgsz: int = 640) -> str:
     """'GFLOPs 4.1 -> 2.0 at 640 px once the masked channels are removed' for a model with zeroed channels."""
-    from copy import deepcopy
-
-    from utils.channel_pruning import shrink_zero_channels
-    from utils.torch_utils import model_flops
-
-    m = deepcopy(unwrap_model(model)).float()
+    m = deepcopy(de_parallel(model)).float()
     before = model_flops(m, imgsz)
     shrink_zero_channels(m)
     after = model_flops(m, imgsz)

@@ -1,0 +1,1 @@
+"""Weight-level sparsity: magnitude pruning (magnitude.py) and Dynamic Network Surgery (dns.py)."""
