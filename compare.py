@@ -41,17 +41,19 @@ import torch
 
 import train as trainer
 import val as validate
+from benchmarks.latency_bench import keep_freed_memory, measure, torch_runner
 from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, release_checkpoint, save
 from utils.cli import float_in, int_at_least, round_multiple
 from utils.comparison import Row, merge, read_csv, unique_stems, write_all
-from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES
+from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES, prune_channels, resolve_round
 from utils.compression.deep.deep_file import deep_report, export_deep
 from utils.compression.deep.sharing import STEPS, share_weights
-from utils.dataloaders import check_dataset
+from utils.compression.options import share_bits
+from utils.data_yaml import check_dataset
 from utils.downloads import DownloadError, attempt_download
 from utils.general import LOGGER, ROOT, colorstr, increment_path, set_logging
-from utils.torch_utils import DeviceError, prune, select_device, sparsity
+from utils.torch_utils import DeviceError, model_flops, prune, select_device, sparsity
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 
@@ -168,9 +170,6 @@ def measure_latency(rows: list[Row], opt: argparse.Namespace) -> None:
     """Fill gflops and latency_ms of every row: its saved model, fused, batch 1 at --latency-img, all rows timed
     in one interleaved session (benchmarks/latency_bench.measure), median of --latency-repeats, freed memory kept
     in the process (latency_bench.keep_freed_memory: no page faults for every run's activations)."""
-    from benchmarks.latency_bench import keep_freed_memory, measure, torch_runner
-    from utils.torch_utils import model_flops
-
     device = select_device(opt.device)
     if device.type == 'cpu':
         keep_freed_memory()
@@ -192,9 +191,6 @@ def run_structured(opt: argparse.Namespace, save_dir: Path, dense: Path, one) ->
     |gamma|, fine-tune: twice the budget), channel DNS (--dns-importance); then --peer (Torch-Pruning at the same
     FLOPs as our first importance's one-shot model, + fine-tuning). Latency of all rows is measured at the end in
     one session."""
-    from utils.compression.channel.pruning import prune_channels
-    from utils.torch_utils import model_flops
-
     rows = [one(attempt_load(dense, fuse=False), Row('dense'), 'dense')]
     flops_ratio = {}
     for a in opt.amounts:
@@ -372,7 +368,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--latency-repeats', type=int_at_least(1), default=10, help='--structured: timing rounds')
     p.add_argument('--share-weights', nargs='+', default=[], metavar='W',
                    help='Deep Compression rows only: sparse (pruned / DNS) checkpoints to weight-share and entropy-code')
-    p.add_argument('--share-bits', nargs='+', type=trainer.share_bits, default=[3, 4, 5],
+    p.add_argument('--share-bits', nargs='+', type=share_bits, default=[3, 4, 5],
                    help='--share-weights: bits per shared index, 2^B centroids per layer')
     p.add_argument('--share-epochs', type=int_at_least(0), default=1,
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
@@ -386,7 +382,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if opt.amounts is None:  # channel fraction 0.3 leaves about half of the FLOPs
         opt.amounts = [0.3] if opt.structured else [0.3, 0.5, 0.7]
-    from utils.compression.channel.pruning import resolve_round
     opt.prune_round = resolve_round(opt.prune_round, opt.device)
     return opt
 

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.backend import fixed_input, is_onnx, load_onnx
-from models.experimental import attempt_load, prepare_model
+from models.backend import fixed_input, is_onnx
+from models.experimental import load_weights, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.cli import add_prune_args, fraction, int_at_least
 from utils.compression.weight.magnitude import SparsityReport
-from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams
+from utils.dataloaders import VID_FORMATS, LoadImages, LoadStreams
+from utils.labels import IMG_FORMATS
 from utils.downloads import DownloadError, safe_download
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
                            set_logging, xyxy2xywhn, yaml_load)
@@ -118,11 +119,7 @@ def load_model(weights: list[str], device: torch.device, half: bool, prune_amoun
     Returns the model and its sparsity (logged by prune(), or here when not pruning).
     One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime, or OpenCV DNN if ``dnn``; sparsity None).
     """
-    if any(is_onnx(w) for w in weights):
-        model = load_onnx(weights, device, dnn)
-    else:
-        model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
-    return prepare_model(model, device, half, prune_amount, prune_scope, **prune_kw)
+    return prepare_model(load_weights(weights, device, dnn), device, half, prune_amount, prune_scope, **prune_kw)
 
 
 def count_string(cls: torch.Tensor, names: dict[int, str]) -> str:

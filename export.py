@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from models.backend import require
 from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import int_at_least
+from utils.compression.deep.deep_file import export_deep
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
 from utils.onnx_export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
 from utils.torch_utils import DeviceError, select_device
@@ -55,7 +57,7 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         opset: int = 12,
         **other_format_flags) -> list[str]:
     """Export ``weights`` to ``<weights>.onnx`` (--include onnx) and/or ``<weights>.deep.pt`` (--include deep: the
-    entropy-coded Deep Compression form, utils/deep_compression.py); returns the written file names.
+    entropy-coded Deep Compression form, utils/compression/deep/codec.py); returns the written file names.
 
     Raises ValueError (bad flag combination or format), CheckpointError (unreadable weights, onnx missing),
     DeviceError; ``main`` turns them into one 'ERROR: ...' line.
@@ -71,7 +73,6 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         raise ValueError(f'{file} is already an ONNX file: pass the .pt checkpoint it came from')
     written = []
     if 'deep' in include:  # entropy-coded checkpoint: shared weights and sparse positions Huffman-coded
-        from utils.compression.deep.deep_file import export_deep
         written.append(str(export_deep(weights)))
         if include == ['deep']:
             return written
@@ -81,7 +82,6 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         half = False
     if half and dynamic:
         raise ValueError('--half not compatible with --dynamic, i.e. use either --half or --dynamic but not both')
-    from models.backend import require
     require('onnx', 'ONNX export')  # fail before loading anything
 
     model, _ = prepare_model(attempt_load(weights, device=device, inplace=True, fuse=False), device, half=False)

@@ -43,7 +43,9 @@ from utils.compression.channel.pruning import pruned_model_for_training, resized
 from utils.compression.hooks import TrainingHooks
 from utils.compression.options import add_method_args, check_dns_opt, check_share_opt
 from utils.compression.training import make_hooks
-from utils.dataloaders import check_dataset, create_dataloader, labels_to_class_weights
+from utils.data_yaml import check_dataset
+from utils.dataloaders import create_dataloader
+from utils.labels import labels_to_class_weights
 from utils.downloads import DownloadError, attempt_download
 from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, intersect_dicts, set_logging,
                            yaml_load, yaml_save)

@@ -1,4 +1,4 @@
-"""Step-time overhead and memory of Dynamic Network Surgery (utils/dns.py) on CPU, default yolov5s at 320 px.
+"""Step-time overhead and memory of Dynamic Network Surgery (utils/compression/weight/dns.py) on CPU, default yolov5s at 320 px.
 
 Usage: python benchmarks/dns_bench.py [--cfg yolov5s.yaml] [--img 320] [--batch 8] [--nbs 64] [--iters 3] [--threads 1]
 
@@ -34,8 +34,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.yolo import DetectionModel  # noqa: E402
+from utils.compression.layers import SCOPES  # noqa: E402
 from utils.compression.surgery import update_probability  # noqa: E402
-from utils.compression.weight.dns import DNS
+from utils.compression.weight.dns import DNS  # noqa: E402
 
 VARIANTS = ('plain', 'dns-swap', 'dns-update', 'dns-frozen')
 
@@ -51,7 +52,7 @@ def parse_opt() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA device like 'cuda:0'")
     parser.add_argument('--target', type=float, default=0.5, help='DNS target sparsity')
-    parser.add_argument('--scope', default='layer', choices=('layer', 'global'))
+    parser.add_argument('--scope', default='layer', choices=SCOPES)
     parser.add_argument('--gamma', type=float, default=1e-4, help='sigma(k) = (1 + gamma*k)^-1 for the average line')
     parser.add_argument('--surgery-steps', type=int, default=10000, help='surgery length for the average line')
     return parser.parse_args()

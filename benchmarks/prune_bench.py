@@ -1,4 +1,4 @@
-"""Time and memory of utils.sparsity.prune on a big random-init model (default yolov5x, ~86.7M parameters) on CPU.
+"""Time and memory of utils.compression.weight.magnitude.prune on a big random-init model (default yolov5x, ~86.7M parameters) on CPU.
 
 Usage: python benchmarks/prune_bench.py [--cfg yolov5x.yaml] [--amount 0.3] [--threads 2] [--half]
 

@@ -1,8 +1,8 @@
-"""File size of compact sparse checkpoints (utils/sparse_format.py) vs dense FP16, at several sparsities.
+"""File size of compact sparse checkpoints (utils/compression/deep/sparse_format.py) vs dense FP16, at several sparsities.
 
 Usage: python benchmarks/sparse_checkpoint_bench.py [--cfg yolov5s.yaml] [--weights FILE.pt] [--codecs zlib lzma]
 
-For each sparsity the model is pruned layer-wise (utils.sparsity.prune), cast to FP16 like a saved checkpoint, and
+For each sparsity the model is pruned layer-wise (utils.compression.weight.magnitude.prune), cast to FP16 like a saved checkpoint, and
 its state_dict is written with torch.save twice: dense, and through compact_state_dict (pruned weights as packed
 mask + non-zero values). Printed: file sizes in MB (1e6 bytes) and the ratio compact / dense; 'dense+zlib' is the
 dense file zlib-compressed (level 9), to show what generic compression alone gives; encode/decode wall seconds on

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models.yolo import DetectionModel  # noqa: E402
-from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
+from utils.data_yaml import check_dataset  # noqa: E402
+from utils.dataloaders import create_dataloader
 from utils.general import yaml_load  # noqa: E402
 from utils.loss import ComputeLoss, scale_loss_gains  # noqa: E402
 from utils.torch_utils import ModelEMA, smart_optimizer  # noqa: E402

@@ -101,7 +101,7 @@ def upstream_dataset(data: Path, out: Path) -> Path:
     """A data yaml for upstream over a private copy of our data set (so upstream's .cache files stay there)."""
     import yaml
 
-    from utils.dataloaders import check_dataset
+    from utils.data_yaml import check_dataset
 
     d = check_dataset(data)  # generates the embedded set when missing; absolute paths
     root = out / 'dataset'

@@ -4,7 +4,7 @@
 ``OnnxModel`` has what those scripts read from a DetectionModel: ``stride``, ``names``, ``nc`` and a forward
 returning ``(predictions (bs, N, 5+nc), None)`` like an eval-mode model (xywh in input pixels, objectness, class
 scores). Class names and stride come from the file's metadata as upstream's export.py writes them
-(``metadata_props`` 'stride' = "32", 'names' = "{0: 'person', ...}", see utils/export.py).
+(``metadata_props`` 'stride' = "32", 'names' = "{0: 'person', ...}", see utils/onnx_export.py).
 onnx / onnxruntime are optional dependencies, imported only when an ``.onnx`` file is used.
 """
 from __future__ import annotations

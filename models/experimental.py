@@ -6,8 +6,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.backend import OnnxModel, is_onnx, load_onnx
 from models.yolo import Detect, DetectionModel
 from utils.checkpoint import CheckpointError, load
+from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
+from utils.compression.weight.magnitude import prune as prune_weights
+from utils.compression.weight.magnitude import sparsity
+from utils.downloads import attempt_download
+from utils.general import LOGGER
+from utils.torch_utils import model_info
 
 
 class Ensemble(nn.ModuleList):
@@ -43,8 +50,6 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
     Official asset names (``yolov5s.pt`` ...) missing on disk are downloaded like upstream
     (utils.downloads.attempt_download). Names become a dict {index: name}.
     """
-    from utils.downloads import attempt_download
-
     device = torch.device(device) if device is not None else torch.device('cpu')
     ensemble = Ensemble()
     for w in weights if isinstance(weights, (list, tuple)) else [weights]:
@@ -68,6 +73,15 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
     return ensemble
 
 
+def load_weights(weights: list[str], device: torch.device | str = 'cpu', dnn: bool = False) -> nn.Module:
+    """The one loader of val.py and detect.py: unfused FP32 eval-mode model(s) from ``.pt`` files (an Ensemble for
+    several) on ``device``, or for ``.onnx`` files a models.backend.OnnxModel (ONNX Runtime on ``device``, or
+    OpenCV DNN if ``dnn``)."""
+    if any(is_onnx(w) for w in weights):
+        return load_onnx(weights, device, dnn)
+    return attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
+
+
 def prepare_model(model: nn.Module, device: torch.device | str, half: bool = False, prune: float = 0.0,
                   prune_scope: str = 'layer', prune_granularity: str = 'weight', prune_importance: str | None = None,
                   prune_round: int | str = 1):
@@ -75,17 +89,13 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
 
     When ``prune`` > 0: granularity 'weight' zeroes that fraction of the unfused conv weights in place (what a
     pruned checkpoint holds; fusing keeps zeros zero); 'channel' physically removes that fraction of the prunable
-    output channels (utils/channel_pruning.py, ranked by ``prune_importance``: DEFAULT_IMPORTANCE when None, 'l1' or
+    output channels (utils/compression/channel/pruning.py, ranked by ``prune_importance``: DEFAULT_IMPORTANCE when None, 'l1' or
     'bn'; kept counts rounded up to a multiple of ``prune_round``, 'auto': the device's kernel width) and logs
     parameters and GFLOPs before and after. Otherwise the model's sparsity is measured and logged. Then fuses
     Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
     Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
     are in the file (report None); pruning it is refused.
     """
-    from models.backend import OnnxModel
-    from utils.compression.weight.magnitude import prune as prune_weights
-    from utils.compression.weight.magnitude import sparsity
-    from utils.general import LOGGER
 
     if isinstance(model, OnnxModel):
         if prune:
@@ -93,8 +103,6 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
         return model.eval(), None
     models = list(model) if isinstance(model, Ensemble) else [model]
     if prune and prune_granularity == 'channel':
-        from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
-        from utils.torch_utils import model_info
         prune_round = resolve_round(prune_round, device)
         for m in models:
             LOGGER.info('Before channel pruning:')

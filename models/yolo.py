@@ -20,8 +20,10 @@ from torch import nn
 
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, DWConv, Focus
 from utils.autoanchor import check_anchor_order
-from utils.general import LOGGER, make_divisible, yaml_load
-from utils.torch_utils import fuse_conv_and_bn, model_info, scale_img
+from utils.general import LOGGER, make_divisible, set_logging, yaml_load
+from utils.layer_profile import layer_table, time_layer
+from utils.plots import feature_visualization
+from utils.torch_utils import fuse_conv_and_bn, model_info, scale_img, select_device
 
 MODELS_DIR = Path(__file__).resolve().parent
 
@@ -138,7 +140,6 @@ class BaseModel(nn.Module):
 
     def _forward_once(self, x: torch.Tensor, profile: bool = False, visualize: bool | Path = False):
         if profile:  # log where the time goes, then run the forward as usual
-            from utils.layer_profile import layer_table
             LOGGER.info(layer_table(self.profile_layers(x)))
         y = []
         for m in self.model:
@@ -146,14 +147,12 @@ class BaseModel(nn.Module):
             x = m(x)
             y.append(x if m.i in self.save else None)
             if visualize:
-                from utils.plots import feature_visualization
                 feature_visualization(x, m.type, m.i, save_dir=visualize)
         return x
 
     def profile_layers(self, x: torch.Tensor, runs: int = 10) -> list:
         """Per layer (utils.layer_profile.LayerTime): fastest of ``runs`` calls on its input in a forward of x (ms),
         GFLOPs and params. Runs under the caller's grad mode; ``model(x, profile=True)`` logs it as a table."""
-        from utils.layer_profile import time_layer
         y, rows = [], []
         for m in self.model:
             x = self._layer_input(m, x, y)
@@ -372,8 +371,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    from utils.general import set_logging
-    from utils.torch_utils import select_device
     set_logging()
     device = select_device(opt.device)
     try:

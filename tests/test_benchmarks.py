@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import dns_bench
@@ -21,6 +22,7 @@ def test_dns_bench_prints_overheads(capsys):
     assert 'average surgery overhead' in out and 'extra memory' in out
 
 
+@pytest.mark.onnx
 def test_onnx_bench_prints_ratio_table(capsys):
     from benchmarks import onnx_bench
 
@@ -32,17 +34,18 @@ def test_onnx_bench_prints_ratio_table(capsys):
     assert '| model | zeros in conv weights | batch x size | ms / batch (fastest) |' in out and '| 1 x 64 |' in out
 
 
-def test_latency_bench_prints_speedups(capsys):
+@pytest.mark.parametrize('onnx', [False, pytest.param(True, marks=pytest.mark.onnx)])
+def test_latency_bench_prints_speedups(onnx, capsys):
     from benchmarks import latency_bench
     from utils.compression.channel.pruning import channel_multiple
 
-    rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=True,
+    rows = latency_bench.run(cfgs=['yolov5n.yaml'], flops=0.5, shapes=[(1, 64)], repeats=1, onnx=onnx,
                              channels_last=True, keep_memory=False, per_layer=True)
     out = capsys.readouterr().out
     r = channel_multiple('cpu')
     variants = {r['variant'] for r in rows}
     assert variants == {'dense', 'weight 50%', 'channel', f'channel r{r}'}
-    assert {r['backend'] for r in rows} == {'torch', 'torch NHWC', 'onnxruntime'}
+    assert {r['backend'] for r in rows} == {'torch', 'torch NHWC'} | ({'onnxruntime'} if onnx else set())
     by = {(r['variant'], r['backend']): r for r in rows}
     assert by[('dense', 'torch')]['speedup'] == 1.0 and by[('dense', 'torch NHWC')]['speedup'] == 1.0
     dense = by[('dense', 'torch')]['gflops']

@@ -1,4 +1,4 @@
-"""Channel-level DNS (utils/channel_dns.py) and network slimming (utils/slimming.py): hooks, splicing, state."""
+"""Channel-level DNS (utils/compression/channel/dns.py) and network slimming (utils/compression/channel/slimming.py): hooks, splicing, state."""
 from __future__ import annotations
 
 import copy

@@ -25,8 +25,10 @@ import pytest
 
 import val
 from tests.conftest import ROOT
-from utils import dataloaders as dl
-from utils.dataloaders import LoadImagesAndLabels, check_dataset, create_dataloader, img2label_paths
+from utils import labels as labels_mod
+from utils.data_yaml import check_dataset
+from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.labels import img2label_paths
 
 NC = 3
 NAMES = {0: 'circle', 1: 'rectangle', 2: 'triangle'}
@@ -381,8 +383,8 @@ def _forge_cache(cache: Path, version: str, nc: int | None) -> None:
     ims = [str(x) for x in a['im_files']]
     lbs = img2label_paths(ims)
     labels = [np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)] * len(ims)  # a laxer check's verdict: all fine
-    extra = f'{version};nc={nc}' if version == dl.CACHE_VERSION else f'nc={nc}'  # version 1 hashed nc only
-    a.update(version=np.array(version), hash=np.array(dl.get_hash(lbs + ims, extra=extra)),
+    extra = f'{version};nc={nc}' if version == labels_mod.CACHE_VERSION else f'nc={nc}'  # version 1 hashed nc only
+    a.update(version=np.array(version), hash=np.array(labels_mod.get_hash(lbs + ims, extra=extra)),
              status=np.zeros(len(ims), np.uint8), n_labels=np.ones(len(ims), np.int64),
              labels=np.concatenate(labels), msgs=np.array([], dtype=str))
     with open(cache, 'wb') as f:
@@ -396,10 +398,10 @@ def test_cache_from_another_nc_or_version_never_hides_bad_labels(tmp_path):
     assert LoadImagesAndLabels(images, 64, nc=3).stats['corrupt'] == 2 and cache.is_file()
 
     # the forging is faithful: a forged cache that matches this version and nc is trusted (all 6 "fine")
-    _forge_cache(cache, dl.CACHE_VERSION, 3)
+    _forge_cache(cache, labels_mod.CACHE_VERSION, 3)
     assert LoadImagesAndLabels(images, 64, nc=3).stats['corrupt'] == 0
     # a cache written without the class check (nc=None, the old callers), or by version 1: rebuilt, 2 corrupt again
-    for version, nc in ((dl.CACHE_VERSION, None), ('sparse-yolov5-labels-1', None), ('sparse-yolov5-labels-1', 3)):
+    for version, nc in ((labels_mod.CACHE_VERSION, None), ('sparse-yolov5-labels-1', None), ('sparse-yolov5-labels-1', 3)):
         _forge_cache(cache, version, nc)
         ds = LoadImagesAndLabels(images, 64, nc=3)
         assert ds.stats['corrupt'] == 2 and ds.stats['total'] == 6, (version, nc)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import dataloaders as dl
-from utils.dataloaders import (CORRUPT, LoadImages, LoadImagesAndLabels, LoadStreams, check_dataset, create_dataloader,
-                               img2label_paths, labels_to_class_weights, labels_to_image_weights, scan_labels)
+from utils import data_yaml
+from utils.data_yaml import check_dataset
+from utils.dataloaders import LoadImages, LoadImagesAndLabels, LoadStreams, create_dataloader
+from utils.labels import CORRUPT, img2label_paths, labels_to_class_weights, labels_to_image_weights, scan_labels
 from utils.downloads import dataset_zips, needed
 from utils.general import LOGGER, ROOT, yaml_load
 from utils.shapes import boxes_to_yolo, draw_sample, generate_shapes_dataset
@@ -322,7 +323,7 @@ def test_check_dataset_generates_embedded_set(tmp_path, monkeypatch):
         calls.append(path)
         return generate_shapes_dataset(path, n_train=2, n_val=2, imgsz=64)
 
-    monkeypatch.setitem(dl.GENERATORS, 'shapes', small)
+    monkeypatch.setitem(data_yaml.GENERATORS, 'shapes', small)
     cfg = {**yaml_load(ROOT / 'data' / 'shapes.yaml'), 'path': str(tmp_path / 'gen')}
     d = check_dataset(cfg)
     assert len(calls) == 1 and Path(d['val']).is_dir() and Path(d['coco_json']).is_file()

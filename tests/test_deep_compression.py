@@ -1,4 +1,4 @@
-"""Tests for utils/deep_compression.py: bit-exact round trip (file -> checkpoint.load / attempt_load) for every
+"""Tests for utils/compression/deep/ (codec.py, deep_file.py): bit-exact round trip (file -> checkpoint.load / attempt_load) for every
 shipped YAML, corrupt and truncated files, the size report, export naming and the CLI."""
 from __future__ import annotations
 

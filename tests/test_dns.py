@@ -1,4 +1,4 @@
-"""Tests for utils/dns.py: mask rule, schedule, splicing, exact final sparsity, straight-through, resume, DDP."""
+"""Tests for utils/compression/weight/dns.py: mask rule, schedule, splicing, exact final sparsity, straight-through, resume, DDP."""
 from __future__ import annotations
 
 import copy

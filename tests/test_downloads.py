@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.dataloaders import check_dataset
+from utils.data_yaml import check_dataset
 from utils.downloads import DownloadError, attempt_download, dataset_zips, needed, safe_download, work_dir
 
 

@@ -24,7 +24,8 @@ from models.experimental import attempt_load, prepare_model
 from tests.conftest import ROOT, shapes_subset
 from utils.checkpoint import CheckpointError, load, make_checkpoint, save
 from utils.compression.weight.magnitude import prune, sparsity
-from utils.dataloaders import check_dataset, create_dataloader
+from utils.data_yaml import check_dataset
+from utils.dataloaders import create_dataloader
 
 SHIPPED = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 NAMES = {0: 'circle', 1: 'rectangle', 2: 'triangle'}
@@ -70,6 +71,7 @@ def model_pt() -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- the file
+@pytest.mark.onnx
 def test_graph_metadata_and_standard_ops(dynamic_onnx, static_onnx):
     import onnx
 
@@ -89,6 +91,7 @@ def test_graph_metadata_and_standard_ops(dynamic_onnx, static_onnx):
     assert [d.dim_value for d in static.graph.output[0].type.tensor_type.shape.dim] == [2, n, 8]
 
 
+@pytest.mark.onnx
 def test_onnxruntime_loads_without_warnings(dynamic_onnx, static_onnx):
     """No warning or error (unknown ops, unused inputs...) from ONNX Runtime while building the sessions."""
     code = ('import onnxruntime as ort, sys\nso = ort.SessionOptions()\nso.log_severity_level = 1\n'
@@ -100,6 +103,7 @@ def test_onnxruntime_loads_without_warnings(dynamic_onnx, static_onnx):
     assert not bad, bad[:5]
 
 
+@pytest.mark.onnx
 def test_dynamic_export_runs_at_other_batch_and_image_sizes(dynamic_onnx, model_pt):
     m = OnnxModel(dynamic_onnx)
     assert m.input_shape == (None, None, None) and m.fixed_imgsz() is None
@@ -115,6 +119,7 @@ def test_dynamic_export_runs_at_other_batch_and_image_sizes(dynamic_onnx, model_
         torch.testing.assert_close(y, ref, atol=2e-3, rtol=1e-4)  # pixels / scores
 
 
+@pytest.mark.onnx
 def test_static_export_batches_in_chunks_and_refuses_other_sizes(static_onnx, model_pt):
     m = OnnxModel(static_onnx)
     assert m.input_shape == (2, 128, 128) and m.fixed_imgsz() == (128, 128)
@@ -135,6 +140,7 @@ def test_metadata_parsing():
 
 # ---------------------------------------------------------------------------------------------- val / detect
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_val_onnx_gives_pt_numbers(dynamic_onnx, data12, tmp_path):
     pt = metrics(data12, dynamic_onnx.with_suffix('.pt'), 256, tmp_path)
     ox = metrics(data12, dynamic_onnx, 256, tmp_path)
@@ -145,6 +151,7 @@ def test_val_onnx_gives_pt_numbers(dynamic_onnx, data12, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_val_static_onnx_runs_square_at_its_size(static_onnx, data12, model_pt, tmp_path, caplog):
     """A fixed-shape export is run letterboxed at its size (not rect batches, not --imgsz), like upstream; numbers
     equal the .pt model's on the same square batches."""
@@ -159,6 +166,7 @@ def test_val_static_onnx_runs_square_at_its_size(static_onnx, data12, model_pt, 
 
 
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_detect_onnx_draws_the_same_boxes(dynamic_onnx, static_onnx, tmp_path):
     runs = {}
     for w in (dynamic_onnx.with_suffix('.pt'), dynamic_onnx, static_onnx):
@@ -176,6 +184,7 @@ def test_detect_onnx_draws_the_same_boxes(dynamic_onnx, static_onnx, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- sparse models
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data12):
     """Unstructured 50 % zeros (val.py --prune's cut), saved in the compact sparse form: the ONNX file holds the
     same zeros (dense tensors) and val.py gives the .pt numbers."""
@@ -196,8 +205,9 @@ def test_sparse_compact_checkpoint_exports_with_its_zeros(tmp_path, data12):
 
 
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_channel_pruned_checkpoint_exports_smaller_graph(tmp_path, data12):
-    """A channel-pruned checkpoint (utils/channel_pruning.py, 30 % of the channels removed) is an ordinary smaller
+    """A channel-pruned checkpoint (utils/compression/channel/pruning.py, 30 % of the channels removed) is an ordinary smaller
     model: its ONNX file has fewer weights and val.py gives the .pt numbers."""
     import onnx
     from onnx import numpy_helper
@@ -220,6 +230,7 @@ def test_channel_pruned_checkpoint_exports_smaller_graph(tmp_path, data12):
 
 
 @pytest.mark.slow
+@pytest.mark.onnx
 def test_dns_trained_model_exports(tmp_path):
     """One epoch of DNS fine-tuning of the shipped model (50 % target), then export -> val.py gives the .pt numbers
     and detect.py the same boxes."""
@@ -242,6 +253,7 @@ def test_dns_trained_model_exports(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- errors, flags
+@pytest.mark.onnx
 def test_not_an_onnx_file_is_one_line_error(tmp_path, data12):
     bad = tmp_path / 'model.onnx'
     bad.write_bytes(b'this is not a protobuf \x00\x01' * 20)
@@ -258,6 +270,7 @@ def test_not_an_onnx_file_is_one_line_error(tmp_path, data12):
     assert p.returncode == 1 and len(errors) == 1 and 'Traceback' not in p.stderr, p.stderr[-2000:]
 
 
+@pytest.mark.onnx
 def test_class_count_mismatch_is_one_line_error(dynamic_onnx, tmp_path):
     data = shapes_subset(tmp_path, 1, 4)
     data.write_text(data.read_text().replace('names: {0: circle, 1: rectangle, 2: triangle}', 'names: {0: a, 1: b}'))
@@ -270,7 +283,7 @@ def test_class_count_mismatch_is_one_line_error(dynamic_onnx, tmp_path):
     (['--include', 'onnx', 'tflite'], '--include tflite is not supported'),
     (['--include', 'foo'], 'invalid --include foo'),
     (['--weights', 'x.onnx'], 'is already an ONNX file'),
-    (['--weights', 'missing.pt'], 'missing.pt'),
+    pytest.param(['--weights', 'missing.pt'], 'missing.pt', marks=pytest.mark.onnx),  # onnx is checked first
 ])
 def test_export_user_errors_are_one_line(args, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -279,6 +292,7 @@ def test_export_user_errors_are_one_line(args, words, tmp_path, monkeypatch):
     assert str(e.value.code).startswith('ERROR: ') and words in e.value.code and '\n' not in e.value.code
 
 
+@pytest.mark.onnx
 def test_prune_or_ensemble_of_onnx_refused(dynamic_onnx, data12, tmp_path):
     with pytest.raises(ValueError, match='--prune works on .pt weights'):
         val.run(data=data12, weights=[str(dynamic_onnx)], imgsz=64, device='cpu', workers=0, prune=0.3,
@@ -287,10 +301,13 @@ def test_prune_or_ensemble_of_onnx_refused(dynamic_onnx, data12, tmp_path):
         val.run(data=data12, weights=[str(dynamic_onnx)] * 2, imgsz=64, device='cpu', workers=0, project=tmp_path)
 
 
-def test_missing_packages_give_the_install_line(dynamic_onnx, tmp_path, monkeypatch):
+def test_missing_packages_give_the_install_line(tmp_path, monkeypatch):
+    """Runs with or without the packages: the import fails before the file is read."""
+    f = tmp_path / 'model.onnx'
+    f.write_bytes(b'not read')
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import raises ImportError
     with pytest.raises(CheckpointError, match='pip install onnx onnxruntime'):
-        OnnxModel(dynamic_onnx)
+        OnnxModel(f)
     monkeypatch.setitem(sys.modules, 'onnx', None)
     with pytest.raises(SystemExit) as e:
         export_to(tmp_path, '--img', '64')

@@ -1,4 +1,4 @@
-"""Tests for utils/huffman.py: golden code lengths and canonical codes, round trips, the length cap, bad tables."""
+"""Tests for utils/compression/deep/huffman.py: golden code lengths and canonical codes, round trips, the length cap, bad tables."""
 from __future__ import annotations
 
 import numpy as np

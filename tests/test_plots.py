@@ -19,7 +19,7 @@ def test_colors_stable_bgr_and_wrapping():
 def test_annotator_draws_inside_box_region_only():
     im = np.zeros((100, 100, 3), dtype=np.uint8)
     ann = Annotator(im)
-    assert ann.lw == 2  # max(round((100 + 100 + 3) / 2 * 0.003), 2) = max(0, 2)
+    assert ann.lw == 1  # small image: 1 px (upstream's minimum of 2 applies from 400 px)
     ann.box_label([20, 30, 60, 70], '', color=(0, 0, 255))
     out = ann.result()
     assert out is im  # contiguous input: drawn in place
@@ -40,6 +40,54 @@ def test_annotator_label_tab_above_box_and_line_width_default():
     ann.text([500, 500], 'hi', txt_color=(0, 255, 0))
     assert im[500:540, 500:560, 1].max() > 200
 
+
+
+def ink(im: np.ndarray) -> np.ndarray:
+    """Pixels touched by the white text on a blue (BGR) tab over a black image: the only ones with green."""
+    return im[..., 1] > 0
+
+
+@pytest.mark.parametrize('box', [[200, 100, 255, 150],  # at the right edge: the tab would run off it
+                                 [30, 0, 90, 60],  # at the top edge: no room above, the tab goes inside
+                                 [-10, -10, 300, 300]])  # bigger than the image
+def test_annotator_keeps_labels_inside_small_image(box):
+    """On a 256 px image the whole label is drawn: the same text pixels as well inside the image, all within the
+    tab that label_rect reports, which lies inside the image."""
+    label = 'rectangle 0.87'
+    ref = np.zeros((256, 256, 3), dtype=np.uint8)
+    Annotator(ref).box_label([60, 120, 120, 180], label, color=(255, 0, 0))
+    im = np.zeros((256, 256, 3), dtype=np.uint8)
+    ann = Annotator(im)
+    (x1, y1, x2, y2), _, _ = ann.label_rect(box, label)
+    assert 0 <= x1 < x2 <= 256 and 0 <= y1 < y2 <= 256
+    ann.box_label(box, label, color=(255, 0, 0))
+    assert ink(im).sum() == ink(ref).sum() > 50  # nothing of the text clipped
+    outside = ink(im).copy()
+    outside[y1:y2, x1:x2] = False
+    assert not outside.any()
+    if box[1] == 0:
+        assert y1 == 0 and x1 == 30  # inside the box top, at its left edge
+    if box[2] == 255:
+        assert x2 == 256 and x1 < 200  # shifted left
+
+
+def test_annotator_label_wider_than_image_gets_smaller_font():
+    im = np.zeros((40, 60, 3), dtype=np.uint8)
+    (x1, y1, x2, y2), _, scale = Annotator(im).label_rect([0, 20, 30, 39], 'a very long class name 0.99')
+    assert x1 == 0 and 0 <= y1 < y2 == 20 and x2 <= 60 and scale < Annotator(im)._font()[0]  # above the box
+
+
+def test_annotator_line_width_and_font_grow_with_image_size():
+    sizes = (100, 256, 640, 1280, 2560)
+    lw = [Annotator(np.zeros((s, s, 3), dtype=np.uint8)).lw for s in sizes]
+    font = [Annotator(np.zeros((s, s, 3), dtype=np.uint8))._font()[0] for s in sizes]
+    assert lw == [1, 1, 2, 4, 8]  # upstream's max(round(s * 0.003), 2) from 400 px
+    assert font[1] < font[2] < font[3] < font[4] and font[0] == font[1] == 0.35
+    h_small = cv2.getTextSize('person', cv2.FONT_HERSHEY_SIMPLEX, font[1], 1)[0][1]
+    assert 7 <= h_small <= 10  # small but readable letters at 256 px
+    # detect.py passes --line-thickness 3 (upstream's default): kept on large images, thinner on small ones
+    assert [Annotator(np.zeros((s, s, 3), dtype=np.uint8), line_width=3).lw for s in sizes] == [1, 1, 3, 3, 3]
+    assert Annotator(np.zeros((480, 640, 3), dtype=np.uint8), line_width=3).lw == 3  # VGA, as upstream
 
 def test_annotator_copies_non_contiguous_and_rejects_tensors():
     base = np.zeros((50, 50, 3), dtype=np.uint8)

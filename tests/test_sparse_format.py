@@ -1,4 +1,4 @@
-"""Tests for utils/sparse_format.py: bit-exact round trips, hand-worked byte layouts, sizes, safe loading, corruption."""
+"""Tests for utils/compression/deep/sparse_format.py: bit-exact round trips, hand-worked byte layouts, sizes, safe loading, corruption."""
 
 import io
 

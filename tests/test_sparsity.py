@@ -1,4 +1,4 @@
-"""Tests for utils/sparsity.py: exact counts, hand-worked golden values, brute-force global threshold, exclusions."""
+"""Tests for utils/compression/weight/magnitude.py: exact counts, hand-worked golden values, brute-force global threshold, exclusions."""
 
 import copy
 import logging

@@ -18,8 +18,11 @@ import pytest
 import torch
 
 import val
+from utils import model_loading
+from utils.model_loading import default_data
 from tests.conftest import ROOT
-from utils.dataloaders import check_dataset, create_dataloader
+from utils.data_yaml import check_dataset
+from utils.dataloaders import create_dataloader
 from utils.general import set_logging
 
 NAMES = {0: 'circle', 1: 'rectangle', 2: 'triangle'}
@@ -204,7 +207,7 @@ def test_ensemble_of_identical_models_equals_single(small, weights, tmp_path):
 
 
 def test_random_init_fallback(small, tmp_path, monkeypatch):
-    monkeypatch.setattr(val, 'DEFAULT_WEIGHTS', tmp_path / 'missing.pt')
+    monkeypatch.setattr(model_loading, 'DEFAULT_WEIGHTS', tmp_path / 'missing.pt')
     (mp, mr, map50, map5095, *_), maps, _ = val.run(data=small, imgsz=64, device='cpu', workers=0, plots=False,
                                                     project=tmp_path)
     assert 0 <= map50 < 0.05 and maps.shape == (3,)
@@ -222,29 +225,29 @@ def save_ckpt(model, file: Path, opt: dict | None = None) -> Path:
 def test_default_data_follows_the_weights(weights, upstream_dir, tmp_path, monkeypatch):
     from models.experimental import attempt_load
     assert val.parse_opt([]).data is None  # resolved in main(), after the weights are known
-    monkeypatch.setattr(val, 'DEFAULT_WEIGHTS', tmp_path / 'missing.pt')
+    monkeypatch.setattr(model_loading, 'DEFAULT_WEIGHTS', tmp_path / 'missing.pt')
     shapes = str(ROOT / 'data' / 'shapes.yaml')
-    assert val.default_data([]) == (shapes, '--data not given and no weights: the embedded set')
+    assert default_data([]) == (shapes, '--data not given and no weights: the embedded set')
     # the fixture records data/shapes3.yaml, which is not here: its class names pick the embedded set
-    assert val.default_data([str(weights)]) == (shapes, "--data not given: yolov5n-v7.0.pt predicts the embedded "
+    assert default_data([str(weights)]) == (shapes, "--data not given: yolov5n-v7.0.pt predicts the embedded "
                                                         "set's classes")
     mine = tmp_path / 'mine.yaml'
     mine.write_text(f'path: {tmp_path}\ntrain: images\nval: images\nnames: {NAMES}\n')
     model = attempt_load(weights, fuse=False)
     f = save_ckpt(model, tmp_path / 'trained.pt', opt={'data': str(mine), 'epochs': 3})
-    assert val.default_data([str(f)]) == (str(mine), '--data not given: the data set trained.pt was trained on '
+    assert default_data([str(f)]) == (str(mine), '--data not given: the data set trained.pt was trained on '
                                                      '(its checkpoint records it)')
     mine.write_text(f'path: {tmp_path}\ntrain: images\nval: images\nnames: [x, y, z]\n')  # not the model's classes
-    assert val.default_data([str(f)])[0] == shapes
+    assert default_data([str(f)])[0] == shapes
     # 80 classes named class0..79 (not COCO's), no data recorded: the default disagrees, and the message says so
     with pytest.raises(ValueError) as e:
-        val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')])
+        default_data([str(upstream_dir / 'yolov5n-v6.2.pt')])
     msg = str(e.value)
     assert msg.startswith('yolov5n-v6.2.pt has 80 classes but the default --data data/shapes.yaml has 3 (the embedded '
                           "set: yolov5n-v6.2.pt records no data set with its classes found here and they are not "
                           "COCO's)")
     assert 'you passed' not in msg and '\n' not in msg
-    assert val.default_data([str(upstream_dir / 'yolov5n-v6.2.pt')], single_cls=True)[0] == shapes
+    assert default_data([str(upstream_dir / 'yolov5n-v6.2.pt')], single_cls=True)[0] == shapes
 
 
 def test_cli_default_data_mismatch_one_line(upstream_dir, capsys):
@@ -372,7 +375,7 @@ def fake_coco(root: Path, n: int) -> Path:
 def test_mission_command_on_coco_format_set(weights, tmp_path, monkeypatch, capsys):
     """`val.py --weights yolov5x.pt --prune 0.3 --half` with an 80-class COCO-named checkpoint on disk and COCO data
     present: data/coco.yaml is chosen, P/R/mAP, pycocotools' AP/AR block and the sparsity line are printed."""
-    monkeypatch.setattr(val, 'COCO_DATA', fake_coco(tmp_path / 'coco', 8))
+    monkeypatch.setattr(model_loading, 'COCO_DATA', fake_coco(tmp_path / 'coco', 8))
     monkeypatch.chdir(tmp_path)
     coco_named_model(weights, tmp_path / 'yolov5x.pt')
     set_logging()

@@ -1,4 +1,4 @@
-"""Tests for utils/weight_sharing.py: k-means golden values, the centroid-gradient rule, the step hooks (fixed zeros,
+"""Tests for utils/compression/deep/sharing.py: k-means golden values, the centroid-gradient rule, the step hooks (fixed zeros,
 equal members, EMA), state round trip; train.py --share-bits end to end at 64 px with interrupt + --resume (slow)."""
 from __future__ import annotations
 

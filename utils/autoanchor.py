@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.data_yaml import check_dataset
+from utils.dataloaders import LoadImagesAndLabels
 from utils.general import LOGGER, colorstr
 from utils.torch_utils import de_parallel
 
@@ -155,10 +157,6 @@ def kmean_anchors(
     only where it passes ``1/thr``. Deterministic for a given ``seed``.
     """
     if isinstance(dataset, (str, dict)):
-        from utils.dataloaders import (  # only when a path is given
-            LoadImagesAndLabels,
-            check_dataset,
-        )
 
         data = check_dataset(dataset)  # only labels and image sizes are used: no augmentation (which needs hyp)
         dataset = LoadImagesAndLabels(data['train'], rect=True, nc=data['nc'])

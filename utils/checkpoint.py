@@ -97,7 +97,7 @@ def load(path: str | Path, map_location: str | torch.device = 'cpu', expand: boo
 
     Raises CheckpointError (one line) for a missing file, a refused global or a corrupt file.
     Compact checkpoints (``save(..., compact=True)``) and entropy-coded ``.deep.pt`` files
-    (utils/deep_compression.py) are expanded transparently to the dense form (``expand=False``: as stored).
+    (utils/compression/deep/codec.py) are expanded transparently to the dense form (``expand=False``: as stored).
     """
     path = Path(path)
     if not path.is_file():
@@ -156,7 +156,7 @@ def save(ckpt: dict[str, Any], path: str | Path, compact: bool = False) -> None:
     """torch.save ``ckpt`` atomically: write a temp file in the same folder, then rename over ``path``.
 
     A crash or Ctrl-C during the write leaves the previous file intact. ``compact=True`` stores each sparse
-    weight as a bitmask + its non-zero values (utils.sparse_format): much smaller for pruned models, read back
+    weight as a bitmask + its non-zero values (utils.compression.deep.sparse_format): much smaller for pruned models, read back
     bit-exactly by ``load``, but upstream YOLOv5 cannot read it — the default is upstream's plain dense form.
     """
     path = Path(path)

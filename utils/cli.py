@@ -5,6 +5,9 @@ import argparse
 import math
 from typing import Callable
 
+from utils.compression.channel.pruning import IMPORTANCES
+from utils.compression.layers import GRANULARITIES, SCOPES
+
 
 def int_at_least(lo: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``lo``."""
@@ -57,16 +60,14 @@ def prune_amount(s: str) -> float:
 
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     """The pruning flags shared by val.py and detect.py (applied after loading, before fusing)."""
-    from utils.compression.channel.pruning import IMPORTANCES
-
     parser.add_argument('--prune', type=prune_amount, default=0.0, metavar='AMOUNT',
                         help='prune this fraction before evaluating, 0 <= AMOUNT < 1: of the Conv2d weights '
                              '(smallest |w|, zeroed) or, with --prune-granularity channel, of the prunable output '
                              'channels (removed: a smaller, faster model)')
-    parser.add_argument('--prune-scope', default='layer', choices=('layer', 'global'),
+    parser.add_argument('--prune-scope', default='layer', choices=SCOPES,
                         help='layer: AMOUNT of every layer (channel: of every channel group); global: one ranking '
                              'over all layers')
-    parser.add_argument('--prune-granularity', default='weight', choices=('weight', 'channel'),
+    parser.add_argument('--prune-granularity', default='weight', choices=GRANULARITIES,
                         help='weight: zero single weights (sparse, same speed); channel: remove whole output '
                              'channels with everything that reads them (faster)')
     parser.add_argument('--prune-importance', default=None, choices=IMPORTANCES,

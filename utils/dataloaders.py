@@ -1,379 +1,34 @@
-"""Data sets and loaders: data yaml checks, YOLO-format label verification + cache, training/val loaders,
-and the image/video/stream sources used by detect.py.
+"""Data sets and loaders: the training/val data set with augmentation, the loaders, and the image/video/stream
+sources used by detect.py. Data yaml checks: utils/data_yaml.py; label verification and cache: utils/labels.py.
 
 YOLO format: every image ``.../images/<split>/name.jpg`` has a label file ``.../labels/<split>/name.txt``
 with one object per line, ``cls xc yc w h``, coordinates normalized to 0-1 by the image width/height.
 A missing or empty label file means a background image.
-
-Label checks: an image with a label file that cannot be used (see _read_labels: wrong column count, a
-non-numeric or non-finite value, a class id that is not a whole number in [0, nc), a coordinate outside
-[0, 1], unreadable bytes, a folder in place of the file) is skipped and counted as corrupt, with the reason
-in a warning, as is an unreadable image. train.py, val.py (and so compare.py and the sparsity sweep) pass the
-data yaml's nc, also with --single-cls: a class id >= the yaml's nc is a broken label whatever the class
-count of the model, and single-cls only merges the valid classes into class 0 after the check.
-
-Label cache: after verifying every image and label once, the results are written next to the labels
-folder (``labels/train.cache`` for ``images/train``, ``train.cache`` for a ``train.txt`` list), as an
-``np.savez`` archive of plain arrays read back with ``allow_pickle=False`` (so a cache file can never run
-code; upstream's pickled caches at the same place are recognised as foreign and rebuilt). The cache is
-rebuilt when its version or the hash of (file paths, sizes, modification times, nc, cache version)
-differs, so a verdict made under another nc, or by the laxer checks of an older version, is never reused.
 """
 from __future__ import annotations
 
 import glob
-import hashlib
 import math
 import os
 import random
 import time
-import zipfile
-from itertools import repeat
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from threading import Thread
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, distributed
-from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, letterbox, mixup, random_perspective
-from utils.downloads import MARKERS, DownloadError, dataset_zips, download_dataset, installed, needed
-from utils.general import LOGGER, ROOT, segments2boxes, xywhn2xyxy, xyxy2xywhn, yaml_load
-from utils.shapes import generate_shapes_dataset
+from utils.general import LOGGER, xywhn2xyxy, xyxy2xywhn
+from utils.labels import (CORRUPT, EMPTY, IMG_FORMATS, MISSING, OK, img2label_paths, labels_to_image_weights,
+                          num_threads, scan_labels)
+from utils.torch_utils import torch_distributed_zero_first
 
-IMG_FORMATS = 'bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm'  # upstream list
 VID_FORMATS = 'asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv'
-# change when verification rules or the cache layout change; 2: non-finite values, class ids >= nc, label folders
-CACHE_VERSION = 'sparse-yolov5-labels-2'
-GENERATORS: dict[str, Callable[[Path], Path]] = {'shapes': generate_shapes_dataset}  # data yaml `generator:` key
-
-# per-image verification outcome codes (stored in the cache)
-OK, MISSING, EMPTY, CORRUPT = 0, 1, 2, 3
-
-
-# ---------------------------------------------------------------- data yaml
-def _find_yaml(file: str | Path) -> Path:
-    """A data yaml as given, or by name from the repo's data/ folder."""
-    p = Path(file)
-    if p.suffix not in ('.yaml', '.yml'):
-        raise ValueError(f"data must be a .yaml file or a dict, got '{file}'")
-    for candidate in (p, ROOT / 'data' / p.name):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"data yaml '{file}' not found (looked in the working directory and {ROOT / 'data'})")
-
-
-def _resolve(path: Path, x: str) -> str:
-    """A split entry (folder, *.txt list or image) made absolute against the data set root ``path``."""
-    p = (path / x).resolve()
-    if not p.exists() and x.startswith('../'):  # upstream fallback for yamls written relative to the yaml
-        p = (path / x[3:]).resolve()
-    return str(p)
-
-
-def check_dataset(data: str | Path | dict, autogenerate: bool = True, autodownload: bool = True,
-                  splits: tuple[str, ...] = ('val',)) -> dict:
-    """Read and check a data yaml (or dict); return it with absolute paths and ``names`` as {index: name}.
-
-    Paths: ``path`` (the data set root) is used as is when absolute, otherwise relative to the repo root
-    (upstream's rule; this repo's yamls use ``datasets/<name>``, a gitignored folder in the repo).
-    ``train``/``val``/``test`` (a folder, a *.txt list or a list of those) are relative to ``path``.
-    ``nc`` is optional and must equal the number of names. A set marked ``generator: <name>`` (see
-    GENERATORS) is generated offline when its files are missing. A set whose ``splits`` are missing (or that a
-    download left incomplete) is downloaded when its ``download:`` lists zip archives (utils.downloads: data,
-    never executed; ``autodownload=False`` skips it); otherwise FileNotFoundError with the ``download`` text as
-    a hint (never executed). A failed download raises DownloadError (one line).
-    """
-    src = str(data) if isinstance(data, (str, Path)) else 'data dict'
-    if isinstance(data, (str, Path)):
-        data = yaml_load(_find_yaml(data))
-    if not isinstance(data, dict):
-        raise ValueError(f'{src}: expected a mapping of keys (path, train, val, names), got {type(data).__name__}')
-    data = dict(data)
-    for k in ('train', 'val', 'names'):
-        if k not in data:
-            raise ValueError(f"{src}: '{k}:' key missing; a data yaml needs train, val and names")
-
-    names = data['names']
-    if isinstance(names, (list, tuple)):
-        names = dict(enumerate(names))
-    if not isinstance(names, dict) or not all(isinstance(k, int) for k in names) \
-            or sorted(names) != list(range(len(names))):
-        raise ValueError(f'{src}: names must be a list or a dict {{0: name0, 1: name1, ...}} with keys 0..nc-1')
-    data['names'] = {int(k): str(v) for k, v in sorted(names.items())}
-    if data.get('nc') is not None and int(data['nc']) != len(names):
-        raise ValueError(f"{src}: nc={data['nc']} but {len(names)} names are given; they must match")
-    data['nc'] = len(names)
-
-    path = Path(data.get('path') or '')
-    if not path.is_absolute():
-        path = (ROOT / path).resolve()
-    data['path'] = str(path)
-    for k in ('train', 'val', 'test'):
-        x = data.get(k)
-        if x:
-            data[k] = _resolve(path, x) if isinstance(x, str) else [_resolve(path, str(y)) for y in x]
-        else:
-            data[k] = None
-    if data.get('coco_json'):  # COCO-style annotations of the val split, used for pycocotools mAP
-        data['coco_json'] = _resolve(path, data['coco_json'])
-
-    def missing(keys: tuple[str, ...]) -> list[str]:
-        out = []
-        for k in keys:
-            x = data[k]
-            out += [p for p in ([x] if isinstance(x, str) else x or []) if not Path(p).exists()]
-        return out
-
-    generator = data.get('generator')
-    if generator is not None:
-        if generator not in GENERATORS:
-            raise ValueError(f"{src}: unknown generator '{generator}', known: {', '.join(GENERATORS)}")
-        if missing(('train', 'val')):
-            if not autogenerate:
-                raise FileNotFoundError(f'{src}: data set missing at {path}; run with autogenerate=True to make it')
-            LOGGER.info(f"Generating the embedded '{generator}' data set in {path} ...")
-            t = time.time()
-            GENERATORS[generator](path)
-            LOGGER.info(f'Done ({time.time() - t:.1f}s)')
-    lost = missing(splits)
-    dl = data.get('download')
-    zips = dataset_zips(dl, path) if dl and (lost or (path / MARKERS).is_dir()) else None  # None: not a download
-    if zips is not None:
-        zips = needed(zips, splits)
-        done = installed(zips, path)  # None: no download recorded (e.g. a set made by hand), judged by its files
-        if (lost and not done) or done is False:
-            what = f"not found: {', '.join(lost)} does not exist" if lost else \
-                f'incomplete (a download into {path} did not finish)'
-            if not autodownload:
-                raise FileNotFoundError(f"Dataset {what}; to get it: {', '.join(z.url for z in zips)}")
-            LOGGER.info(f'Dataset {what}; downloading the {len(zips)} archive(s) listed in {src}...')
-            try:
-                download_dataset(zips, path)
-            except DownloadError as e:
-                raise DownloadError(f"Dataset {what}, and {e} (the 'download:' of {src} lists what to fetch by hand)") \
-                    from None
-            lost = missing(splits)
-    if lost:
-        if zips:  # every archive is installed, yet the files are not there
-            raise FileNotFoundError(f"Dataset not found: {', '.join(lost)} does not exist although "
-                                    f"{', '.join(z.name for z in zips)} are recorded as installed in {path / MARKERS} "
-                                    '(delete that folder to download them again)')
-        if zips is not None:
-            hint = f"; the 'download:' of {src} lists no archive for {'/'.join(splits)}"
-        elif isinstance(dl, str) and dl.strip() and '\n' not in dl.strip():
-            hint = f'; to get it: {dl.strip()}'
-        elif dl:
-            hint = f"; its 'download' script is not run by this project, get the data manually (see {src})"
-        else:
-            hint = ''
-        raise FileNotFoundError(f"Dataset not found: {', '.join(lost)} does not exist{hint}")
-    return data
-
-
-# ---------------------------------------------------------------- label verification
-def img2label_paths(img_paths: list[str]) -> list[str]:
-    """Label file of each image: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``."""
-    sa, sb = f'{os.sep}images{os.sep}', f'{os.sep}labels{os.sep}'
-    return [sb.join(x.rsplit(sa, 1)).rsplit('.', 1)[0] + '.txt' for x in img_paths]
-
-
-def exif_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) pixels after the EXIF orientation is applied (as cv2.imread does)."""
-    w, h = img.size
-    try:
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated 90 or 270 degrees
-            w, h = h, w
-    except Exception:  # unreadable EXIF: keep the stored size
-        pass
-    return w, h
-
-
-class _BadLabel(ValueError):
-    """A label file that cannot be used (message says why)."""
-
-
-def _read_labels(lb_file: str, nc: int | None) -> tuple[np.ndarray, int]:
-    """Parse and check one label file; returns ((n, 5) float32 [cls xc yc w h], duplicates removed).
-
-    Raises _BadLabel (or OSError, UnicodeDecodeError, ...) for a file that cannot be used: a row that is not
-    ``cls xc yc w h`` (or a polygon ``cls x1 y1 x2 y2 ...``), a non-finite value (nan, inf, or too large for
-    float32), a class id that is not a whole number in [0, nc) (upper bound only when ``nc`` is given), or a
-    coordinate outside [0, 1].
-    """
-    boxes = []
-    for line in Path(lb_file).read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            v = [float(x) for x in parts]
-        except ValueError:
-            raise _BadLabel(f'non-numeric value in line "{line.strip()}"') from None
-        with np.errstate(over='ignore', invalid='ignore'):  # values beyond float32 become inf: refused below
-            if len(v) == 5:
-                row = np.array(v, np.float32)
-            elif len(v) >= 7 and len(v) % 2 == 1:  # polygon "cls x1 y1 x2 y2 ..." -> its enclosing box
-                xy = np.array(v[1:], np.float32).reshape(-1, 2)
-                row = np.array([v[0], *segments2boxes([xy])[0]], np.float32)
-            else:
-                raise _BadLabel(f'{len(v)} columns in line "{line.strip()}", need 5: cls xc yc w h')
-        if not (np.isfinite(v).all() and np.isfinite(row).all()):
-            raise _BadLabel(f'non-finite value (nan, inf or beyond float32) in line "{line.strip()}"')
-        boxes.append(row)
-    lb = np.array(boxes, np.float32).reshape(-1, 5)
-    cls = lb[:, 0]
-    bad = (cls < 0) | (cls != np.round(cls))
-    if bad.any():
-        raise _BadLabel(f'class id {cls[bad][0]:g} is not a whole number >= 0')
-    if nc is not None and (cls >= nc).any():
-        raise _BadLabel(f'class id {int(cls.max())} >= nc={nc} of the data yaml (class ids are 0-{nc - 1})')
-    if (lb[:, 1:] < 0).any():
-        raise _BadLabel(f'negative coordinates {lb[:, 1:][lb[:, 1:] < 0]}')
-    if (lb[:, 1:] > 1).any():
-        raise _BadLabel(f'coordinates > 1, not normalized or outside the image {lb[:, 1:][lb[:, 1:] > 1]}')
-    _, keep = np.unique(lb, axis=0, return_index=True)
-    ndup = len(lb) - len(keep)
-    return lb[np.sort(keep)], ndup
-
-
-def verify_image_label(im_file: str, lb_file: str, nc: int | None = None,
-                       prefix: str = '') -> tuple[str, np.ndarray, tuple[int, int], int, int, str]:
-    """Check one image and its label file without raising.
-
-    Returns (im_file, labels (n, 5) [cls xc yc w h] normalized, (width, height) pixels, status code
-    OK/MISSING/EMPTY/CORRUPT, duplicate rows removed, warning message or '').
-    """
-    no_labels = np.zeros((0, 5), np.float32)
-    try:
-        with Image.open(im_file) as im:
-            im.verify()  # cheap integrity check, no full decode; must come right after open
-            shape = exif_size(im)
-            fmt = (im.format or '').lower()
-        if fmt not in IMG_FORMATS:
-            raise ValueError(f'unsupported image format {fmt or "unknown"}')
-        if shape[0] < 10 or shape[1] < 10:
-            raise ValueError(f'image size {shape[0]}x{shape[1]} < 10 pixels')
-        msg = ''
-        if fmt == 'jpeg':
-            with open(im_file, 'rb') as f:
-                f.seek(-2, 2)
-                eoi = f.read() == b'\xff\xd9'
-            if not eoi:  # no end marker: truncated, or trailing bytes after it; a full decode tells which
-                with Image.open(im_file) as im:
-                    im.load()
-                msg = f'{prefix}WARNING ⚠️ {im_file}: JPEG without end marker, decodes fine, kept'
-        elif fmt != 'png':  # verify() checks PNG chunk CRCs but reads no pixels of BMP/TIFF/WebP...: decode once
-            with Image.open(im_file) as im:  # (a truncated BMP passes verify(), then cv2.imread fails in training)
-                im.load()
-    except Exception as e:
-        return im_file, no_labels, (0, 0), CORRUPT, 0, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {e}'
-    if not os.path.exists(lb_file):  # a folder or other non-file at that path is a corrupt label, read below
-        return im_file, no_labels, shape, MISSING, 0, msg
-    try:
-        lb, ndup = _read_labels(lb_file, nc)
-    except Exception as e:  # whatever a file holds, the scan goes on: one bad file is skipped, not fatal
-        return im_file, no_labels, shape, CORRUPT, 0, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {e}'
-    if ndup:
-        msg = f'{prefix}WARNING ⚠️ {lb_file}: {ndup} duplicate labels removed'
-    return im_file, lb, shape, (OK if len(lb) else EMPTY), ndup, msg
-
-
-def get_hash(files: list[str], extra: str = '') -> str:
-    """MD5 over paths, sizes and modification times of ``files`` (missing ones count as absent) plus ``extra``."""
-    h = hashlib.md5(extra.encode())
-    for f in files:
-        try:
-            st = os.stat(f)
-            h.update(f'{f}:{st.st_size}:{st.st_mtime_ns};'.encode())
-        except OSError:
-            h.update(f'{f}:-;'.encode())
-    return h.hexdigest()
-
-
-def _num_threads() -> int:
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
-
-
-def _load_cache(path: Path, hash_: str) -> dict[str, np.ndarray] | None:
-    """The cache's arrays when it is ours, current and readable; None otherwise."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z['version']) != CACHE_VERSION or str(z['hash']) != hash_:
-                return None
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray], prefix: str = '') -> None:
-    tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        LOGGER.info(f'{prefix}New cache created: {path}')
-    except OSError as e:
-        LOGGER.warning(f'{prefix}WARNING ⚠️ cache directory {path.parent} is not writeable: {e}')
-        tmp.unlink(missing_ok=True)
-
-
-def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, nc: int | None = None,
-                prefix: str = '') -> tuple[dict[str, np.ndarray], bool]:
-    """Verify all images and labels (in threads), or reuse a valid cache; returns (arrays, from_cache).
-
-    Arrays: ``im_files``, ``status`` (codes), ``shapes`` (n, 2) wh pixels, ``n_labels`` (n,), ``labels``
-    (sum n_labels, 5) concatenated, ``msgs``, ``ndup``, ``hash``, ``version``.
-    """
-    hash_ = get_hash(label_files + im_files, extra=f'{CACHE_VERSION};nc={nc}')  # a verdict holds for one nc
-    cached = _load_cache(cache_path, hash_)
-    if cached is not None:
-        return cached, True
-    n = len(im_files)
-    status, shapes, n_labels, labels, msgs, ndup = np.zeros(n, np.uint8), np.zeros((n, 2), np.int64), \
-        np.zeros(n, np.int64), [], [], 0
-    desc = f'{prefix}Scanning {cache_path.parent / cache_path.stem}...'
-    with ThreadPool(_num_threads()) as pool:
-        results = pool.imap(lambda a: verify_image_label(*a), zip(im_files, label_files, repeat(nc), repeat(prefix)))
-        for i, (_, lb, shape, code, nd, msg) in enumerate(tqdm(results, desc=desc, total=n, disable=n < 1000,
-                                                                leave=False)):
-            status[i], shapes[i], n_labels[i] = code, shape, len(lb)
-            labels.append(lb)
-            ndup += nd
-            if msg:
-                msgs.append(msg)
-    arrays = {'version': np.array(CACHE_VERSION), 'hash': np.array(hash_), 'im_files': np.array(im_files),
-              'status': status, 'shapes': shapes, 'n_labels': n_labels,
-              'labels': np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32),
-              'msgs': np.array(msgs, dtype=str), 'ndup': np.array(ndup)}
-    _save_cache(cache_path, arrays, prefix)
-    return arrays, False
-
-
-# ---------------------------------------------------------------- class / image weights
-def labels_to_class_weights(labels: list[np.ndarray], nc: int = 80) -> torch.Tensor:
-    """Inverse class frequency over all labels, normalized to sum 1, (nc,) float (absent classes count as 1)."""
-    if not labels:
-        return torch.Tensor()
-    classes = np.concatenate(labels, 0)[:, 0].astype(int)
-    weights = np.bincount(classes, minlength=nc).astype(np.float64)
-    weights[weights == 0] = 1
-    weights = 1 / weights
-    weights /= weights.sum()
-    return torch.from_numpy(weights).float()
-
-
-def labels_to_image_weights(labels: list[np.ndarray], nc: int = 80,
-                            class_weights: np.ndarray | None = None) -> np.ndarray:
-    """Per-image weight = sum over its objects of their class weight, (n_images,)."""
-    cw = np.ones(nc) if class_weights is None else np.asarray(class_weights, np.float64).reshape(nc)
-    counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in labels]).reshape(-1, nc)
-    return counts @ cw
 
 
 # ---------------------------------------------------------------- training / validation data set
@@ -514,7 +169,7 @@ class LoadImagesAndLabels(Dataset):
     def _cache(self, kind: str, prefix: str) -> None:
         nbytes = 0
         fcn = self._cache_to_disk if kind == 'disk' else self.load_image
-        with ThreadPool(_num_threads()) as pool:
+        with ThreadPool(num_threads()) as pool:
             for i, x in enumerate(pool.imap(fcn, range(self.n))):
                 if kind == 'disk':
                     nbytes += self.npy_files[i].stat().st_size
@@ -664,8 +319,6 @@ def create_dataloader(path: str | list, imgsz: int, batch_size: int, stride: int
     Workers are persistent (reused over epochs, like upstream's InfiniteDataLoader) except with
     image_weights, whose per-epoch ``indices`` must reach fresh workers.
     """
-    from utils.torch_utils import torch_distributed_zero_first  # torch_utils imports model code; keep it local
-
     if rect and shuffle:
         LOGGER.warning('WARNING ⚠️ --rect is incompatible with DataLoader shuffle, setting shuffle=False')
         shuffle = False

@@ -5,7 +5,6 @@ ends in ``n`` (normalized to 0-1 by image width/height).
 """
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import re
@@ -86,11 +85,6 @@ def yaml_save(file: str | Path, data: dict) -> None:
         yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in data.items()}, f, sort_keys=False)
 
 
-def file_list(pattern: str) -> list[str]:
-    """Sorted files matching a glob pattern (recursive ``**`` allowed)."""
-    return sorted(glob.glob(pattern, recursive=True))
-
-
 # ---------------------------------------------------------------- boxes
 def _clone(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     return x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
@@ -136,14 +130,6 @@ def xyxy2xywhn(x: torch.Tensor | np.ndarray, w: int = 640, h: int = 640, clip: b
     y[..., 1] = ((x[..., 1] + x[..., 3]) / 2) / h
     y[..., 2] = (x[..., 2] - x[..., 0]) / w
     y[..., 3] = (x[..., 3] - x[..., 1]) / h
-    return y
-
-
-def xyn2xy(x: np.ndarray, w: int = 640, h: int = 640, padw: float = 0, padh: float = 0) -> np.ndarray:
-    """Normalized points (n,2) -> pixel points."""
-    y = _clone(x)
-    y[..., 0] = w * x[..., 0] + padw
-    y[..., 1] = h * x[..., 1] + padh
     return y
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from utils.torch_utils import time_sync
+
 
 @dataclass
 class LayerTime:
@@ -29,8 +31,6 @@ def time_layer(m: nn.Module, x: torch.Tensor | list[torch.Tensor], runs: int = 1
     A list input (Concat, Detect) is passed as a fresh copy each call, because Detect writes its outputs into it.
     """
     from torch.utils.flop_counter import FlopCounterMode
-
-    from utils.torch_utils import time_sync
 
     def call() -> None:
         m(list(x) if isinstance(x, list) else x)

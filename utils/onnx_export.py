@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.backend import require
 from models.yolo import Detect
 from utils.general import LOGGER, colorstr
 
@@ -73,8 +74,6 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opset: int = 12,
     Input 'images' (bs, 3, h, w), output 'output0' (bs, N, 5+nc); ``dynamic`` makes batch, height and width (and N)
     free. The file is checked with onnx.checker and carries onnx_metadata(model).
     """
-    from models.backend import require
-
     onnx = require('onnx', 'ONNX export')
     LOGGER.info(f'\n{PREFIX} starting export with onnx {onnx.__version__} (opset {opset})...')
     head = detect_head(model)
@@ -106,8 +105,6 @@ def simplify_onnx(model_onnx, onnx):
     redundant-node elimination, saved back as a plain ONNX model (only standard-domain ops; unused opset imports
     that onnxruntime declares are dropped). Uses onnxruntime instead of onnx-simplifier (a compiled extra)."""
     import tempfile
-
-    from models.backend import require
 
     ort = require('onnxruntime', 'ONNX --simplify')
     n0 = len(model_onnx.graph.node)

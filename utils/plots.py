@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.general import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.general import LOGGER, clip_boxes, increment_path, xywh2xyxy, xyxy2xywh
 from utils.metrics import PRCurves, smooth
 
 # The 10 curves of upstream's results.png, in its subplot order (row 1: train losses, P, R; row 2: val losses, mAPs)
@@ -46,8 +46,12 @@ class Annotator:
     """Draw boxes, labels and text on a numpy HxWx3 uint8 image with OpenCV (in place when the array allows)."""
 
     def __init__(self, im: np.ndarray, line_width: int | None = None, example: str = ''):
-        """im: HxWx3 uint8 image; line_width in pixels (default scales with the image size).
+        """im: HxWx3 uint8 image; line_width in pixels, the font follows it.
 
+        By default the line width scales with the mean side d = (h + w) / 2: upstream's max(round(d * 0.003), 2)
+        from d = 400 px, 1 px below. An explicit line_width is honoured up to round(d * 0.005) (3 px from about
+        500 px) and reduced beyond that, so detect.py's fixed default (3 px, as upstream) draws 1 px lines and a
+        small font on a 256 px image instead of covering it.
         `example` is accepted for upstream compatibility (it chose a font there); cv2 text is ASCII only.
         """
         if not isinstance(im, np.ndarray):
@@ -55,24 +59,45 @@ class Annotator:
         if not (im.flags.c_contiguous and im.flags.writeable):
             im = im.copy()  # OpenCV draws only into contiguous writeable arrays
         self.im = im
-        self.lw = line_width or max(round(sum(im.shape) / 2 * 0.003), 2)
+        d = (im.shape[0] + im.shape[1]) / 2
+        auto = max(round(d * 0.003), 2 if d >= 400 else 1)
+        self.lw = min(int(line_width), max(round(d * 0.005), 1)) if line_width else auto
 
     def _font(self) -> tuple[float, int]:
-        """cv2 font scale and text thickness matching the line width."""
-        return self.lw / 3, max(self.lw - 1, 1)
+        """cv2 font scale and text thickness matching the line width: upstream's lw / 3, but at least 0.35 (letters
+        about 9 px high, still readable)."""
+        return max(self.lw / 3, 0.35), max(self.lw - 1, 1)
+
+    def label_rect(self, box, label: str) -> tuple[tuple[int, int, int, int], tuple[int, int], float]:
+        """Where box_label puts ``label`` for the xyxy ``box``: the filled tab (x1, y1, x2, y2), x2/y2 exclusive,
+        the text origin (baseline-left) and the font scale.
+
+        The tab sits on the box's top-left corner, above the box, or inside its top when there is no room above;
+        it is shifted left rather than run off the right edge and is clamped into the image. A label wider than
+        the image gets a smaller font.
+        """
+        hi, wi = self.im.shape[:2]
+        scale, tf = self._font()
+        pad = tf  # margin around the text (glyphs drawn with thickness tf spill about tf / 2 past their size)
+        (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, tf)
+        if w + 2 * pad > wi:  # wider than the image: shrink the font to fit
+            scale *= (wi - 2 * pad) / (w + 2 * pad)
+            (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, tf)
+        tw, th = min(w + 2 * pad, wi), min(h + base + 2 * pad, hi)
+        top = int(box[1])
+        x1 = min(max(int(box[0]), 0), wi - tw)
+        y1 = min(max(top - th if top >= th else top, 0), hi - th)  # above the box, else inside its top
+        return (x1, y1, x1 + tw, y1 + th), (x1 + pad, y1 + pad + h), scale
 
     def box_label(self, box, label: str = '', color=(128, 128, 128), txt_color=(255, 255, 255)) -> None:
-        """Draw an xyxy box (pixels) and, if label, the label on a filled tab above it (inside if no room)."""
+        """Draw an xyxy box (pixels) and, if label, the label on a filled tab (see label_rect)."""
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
         cv2.rectangle(self.im, p1, p2, color, thickness=self.lw, lineType=cv2.LINE_AA)
         if label:
-            scale, tf = self._font()
-            w, h = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, tf)[0]
-            outside = p1[1] - h >= 3  # room for the tab above the box
-            p2 = p1[0] + w, (p1[1] - h - 3 if outside else p1[1] + h + 3)
-            cv2.rectangle(self.im, p1, p2, color, -1, cv2.LINE_AA)
-            org = (p1[0], p1[1] - 2 if outside else p1[1] + h + 2)
-            cv2.putText(self.im, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, txt_color, tf, cv2.LINE_AA)
+            (x1, y1, x2, y2), org, scale = self.label_rect(box, label)
+            cv2.rectangle(self.im, (x1, y1), (x2 - 1, y2 - 1), color, -1)  # filled, no anti-aliased spill
+            cv2.putText(self.im, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, txt_color, self._font()[1],
+                        cv2.LINE_AA)
 
     def rectangle(self, xy, fill=None, outline=None, width: int = 1) -> None:
         """Rectangle xy = (x1, y1, x2, y2) pixels: filled with `fill` and/or outlined with `outline`."""
@@ -343,8 +368,6 @@ def save_one_box(xyxy, im: np.ndarray, file: Path = Path('im.jpg'), gain: float 
     Returns the crop (BGR if BGR else RGB). With save, writes it as JPEG to `file` (parent folders created,
     name incremented if taken: im.jpg -> im2.jpg); the file always has correct colours.
     """
-    from utils.general import increment_path
-
     xyxy = torch.as_tensor(xyxy, dtype=torch.float32).view(-1, 4)
     b = xyxy2xywh(xyxy)
     if square:
@@ -374,8 +397,6 @@ def feature_visualization(x: torch.Tensor, module_type: str, stage: int, n: int 
     if height <= 1 or width <= 1:
         return None
     from matplotlib.figure import Figure
-
-    from utils.general import LOGGER
 
     f = Path(save_dir) / f"stage{stage}_{module_type.split('.')[-1]}_features.png"
     maps = x[0].detach().cpu().float()

@@ -1,7 +1,7 @@
 """PyTorch helpers: devices, seeds, EMA, Conv+BN fusion, model summaries, optimizer groups.
 
 ``prune`` and ``sparsity`` (the public pruning entry points, same names as upstream) live in
-``utils.sparsity`` and are re-exported here.
+``utils.compression.weight.magnitude`` and are re-exported here.
 """
 from __future__ import annotations
 
@@ -92,11 +92,6 @@ def torch_distributed_zero_first(local_rank: int):
     yield
     if local_rank == 0:
         dist.barrier()
-
-
-def is_parallel(model: nn.Module) -> bool:
-    """True for DataParallel / DistributedDataParallel wrappers."""
-    return isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel))
 
 
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

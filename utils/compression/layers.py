@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 SCOPES = ('layer', 'global')  # a fraction per layer, or one threshold over all layers
+GRANULARITIES = ('weight', 'channel')  # zero single weights, or remove whole output channels
 
 
 def distributed() -> bool:

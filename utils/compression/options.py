@@ -10,13 +10,12 @@ from dataclasses import fields
 from utils.cli import float_in, int_at_least, round_multiple
 from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES
 from utils.compression.deep.sharing import BITS, STEPS
-from utils.compression.layers import SCOPES
+from utils.compression.layers import GRANULARITIES, SCOPES
 from utils.compression.surgery import DNSConfig
 from utils.train_utils import TrainingError
 
 _CONFIG = {f.name: f.default for f in fields(DNSConfig)}
 DNS_SCHEDULES = ('constant', 'cubic')
-GRANULARITIES = ('weight', 'channel')
 # what an unset --dns-* flag becomes with --dns: the DNSConfig defaults, the original DNS schedule, single weights
 DNS_DEFAULTS = {'dns_scope': _CONFIG['scope'], 'dns_gamma': _CONFIG['gamma'], 'dns_power': _CONFIG['power'],
                 'dns_band': _CONFIG['band'], 'dns_schedule': DNS_SCHEDULES[0], 'dns_granularity': GRANULARITIES[0]}

@@ -77,7 +77,7 @@ class DNSConfig:
 
 
 class SurgeryBase(TrainingHook, ABC):
-    """What weight-level `DNS` and channel-level DNS (utils/channel_dns.py) share: the step protocol, config, step
+    """What weight-level `DNS` and channel-level DNS (utils/compression/channel/dns.py) share: the step protocol, config, step
     counter, update decisions, schedule, mask bookkeeping and reports.
 
     A mask unit is one entry of a bool keep-mask in `keep` (True = kept): a weight (DNS) or a channel of a channel

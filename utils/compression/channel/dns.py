@@ -1,7 +1,7 @@
 """Channel-level Dynamic Network Surgery: DNS whose masks switch whole output channels off and on.
 
-The weight-level DNS of utils/dns.py masks single weights; here a mask entry is one channel of a channel group
-(utils/channel_groups.py: a conv's outputs, tied across residual adds). A masked channel has BatchNorm scale and
+The weight-level DNS of utils/compression/weight/dns.py masks single weights; here a mask entry is one channel of a channel group
+(utils/compression/channel/groups.py: a conv's outputs, tied across residual adds). A masked channel has BatchNorm scale and
 shift 0, so it outputs exactly 0 (SiLU(0) = 0) and the model computes what the physically smaller model computes;
 removing the masked channels at the end (`shrink_zero_channels`) changes no output.
 
@@ -14,9 +14,9 @@ them). The importance is therefore |gamma| by default ('bn'); 'l1' (filter magni
 when kept channels shrink below it.
 
 Masks follow the same hysteresis rule and schedule as DNS (`hysteresis_scores` on per-channel scores, exact count
-per update through `utils.channel_pruning.select_channels`), with σ(k) update decisions drawn identically on every
+per update through `utils.compression.channel.pruning.select_channels`), with σ(k) update decisions drawn identically on every
 rank; under torch.distributed the masks are also broadcast from rank 0 after every update, so all ranks always hold
-identical channel masks. The step protocol, schedule, update draws and reports are utils.dns.SurgeryBase's, shared
+identical channel masks. The step protocol, schedule, update draws and reports are utils.compression.surgery.SurgeryBase's, shared
 with DNS (before_step / after_step / finish / apply_to / state_dict), so train.py drives both the same way; train.py
 shrinks best.pt and last.pt when training ends (`finish_file`).
 """
@@ -69,9 +69,9 @@ def _managed(model: nn.Module, group: ChannelGroup) -> list[tuple[str, Tensor]]:
 class ChannelDNS(SurgeryBase):
     """Dynamic Network Surgery over the prunable channel groups of a YOLOv5 model (see the module docstring).
 
-    Args as utils.dns.DNS (target = fraction of prunable channels), plus importance ('bn' | 'l1') and round_to.
+    Args as utils.compression.weight.dns.DNS (target = fraction of prunable channels), plus importance ('bn' | 'l1') and round_to.
     Construct after the model is on its device. Initial masks keep every channel that is not already off.
-    The step hooks, schedule, update draws, counters and reports are SurgeryBase's (utils/dns.py).
+    The step hooks, schedule, update draws, counters and reports are SurgeryBase's (utils/compression/surgery.py).
     """
 
     config_class = ChannelDNSConfig

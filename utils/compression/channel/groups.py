@@ -15,7 +15,7 @@ every layer that reads them. In YOLOv5 some channels are tied together:
 routes tensors (``m.f``), without running the model: a *channel map* (the list of producers whose channels are
 concatenated in a tensor) is propagated through every module YOLOv5 builds. A module the walk does not know
 raises `ChannelPruningError` naming it. The result is plain data (`Producer`, `Consumer`, `ChannelGroup`); the
-importance, the selection and the editing live in utils/channel_pruning.py (the Torch-Pruning DepGraph split:
+importance, the selection and the editing live in utils/compression/channel/pruning.py (the Torch-Pruning DepGraph split:
 grouping, importance and pruning are separate parts).
 """
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus
 from models.yolo import Detect
+from utils.compression.layers import de_parallel
 
 
 class ChannelPruningError(ValueError):
@@ -189,8 +190,6 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
 
     Raises ChannelPruningError (one line) for a model or module the walk does not know.
     """
-    from utils.compression.layers import de_parallel
-
     model = de_parallel(model)
     layers = getattr(model, 'model', None)
     if not isinstance(layers, nn.Sequential) or not all(hasattr(m, 'f') for m in layers):

@@ -1,6 +1,6 @@
 """Structured (channel) pruning: rank channel groups, pick channels to remove, physically shrink the model.
 
-Three replaceable parts, as in utils/sparsity.py for weights:
+Three replaceable parts, as in utils/compression/weight/magnitude.py for weights:
 - importance: `channel_importance(group, kind)` scores every channel of a group (float32, higher = keep):
   'l1' is the mean |w| of the group's filters (the L1 filter norm per weight, comparable across layers of
   different fan-in), 'bn' the mean |gamma| of its BatchNorm scales (network slimming, Liu et al. 2017);
@@ -28,8 +28,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.yolo import Detect
+from utils.checkpoint import load, save
 from utils.compression.channel.groups import ChannelGroup, ChannelPruningError, Producer, channel_groups
 from utils.compression.layers import SCOPES, de_parallel
+from utils.torch_utils import model_flops
 
 LOGGER = logging.getLogger('yolov5')
 
@@ -368,8 +371,6 @@ def shrink_checkpoint(f: str | Path) -> ChannelReport:
 
     Channel-DNS masks in ckpt['dns'] describe the unshrunk model and are dropped.
     """
-    from utils.checkpoint import load, save
-
     ckpt = load(f)
     report = None
     for k in ('model', 'ema'):
@@ -405,8 +406,6 @@ def pruned_model_for_training(model: nn.Module, nc: int) -> nn.Module:
     """An FP32, trainable copy of a channel-pruned DetectionModel; a new Detect output layer when ``nc`` differs."""
     from copy import deepcopy
 
-    from models.yolo import Detect
-
     m = deepcopy(de_parallel(model)).float()
     detect = m.model[-1]
     if isinstance(detect, Detect) and detect.nc != nc:
@@ -428,8 +427,6 @@ def amount_for_flops(model: nn.Module, flops_ratio: float, scope: str = 'layer',
     where the rounding allows.
     """
     from copy import deepcopy
-
-    from utils.torch_utils import model_flops
 
     if not 0.0 < flops_ratio <= 1.0:
         raise ValueError(f'FLOPs ratio must be in (0, 1], got {flops_ratio}')

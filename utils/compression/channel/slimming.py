@@ -1,7 +1,7 @@
 """Network slimming (Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017).
 
 Training adds the L1 penalty lambda * sum|gamma| over the BatchNorm scales of the prunable channels (those of the
-channel groups in utils/channel_groups.py: not the input image, not grouped convs), driving unimportant channels'
+channel groups in utils/compression/channel/groups.py: not the input image, not grouped convs), driving unimportant channels'
 gamma towards 0; channel pruning ranked by |gamma| (val.py/detect.py `--prune-importance bn`) then
 removes them. The penalty enters as its subgradient, added to gamma's gradient once per optimizer step, after
 GradScaler.unscale_ and clipping and before optimizer.step():

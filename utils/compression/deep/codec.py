@@ -7,7 +7,7 @@ and the indices are Huffman-coded. Here, per Conv2d/Linear weight (utils.compres
     codebook  the distinct non-zero values of the weight, raw, in its dtype (2^b of them after weight sharing;
               any weight works, an unshared one just has a large codebook). The zero is the bit pattern +0.0 only,
               so -0.0 and NaN round-trip as codebook values.
-    gaps      zeros before each non-zero weight (flat order), canonical Huffman code (utils/huffman.py)
+    gaps      zeros before each non-zero weight (flat order), canonical Huffman code (utils/compression/deep/huffman.py)
     indices   codebook index of each non-zero weight, canonical Huffman code
 
 Everything else (BN, biases, Detect anchors, the module structure, names, opt, ...) is the release-style checkpoint

@@ -1,6 +1,6 @@
 """Canonical Huffman coding of integer symbol streams, in numpy: code lengths, encoder, block-parallel decoder.
 
-Used by the entropy-coded checkpoint form (utils/deep_compression.py) for the gaps between non-zero weights and
+Used by the entropy-coded checkpoint form (utils/compression/deep/codec.py) for the gaps between non-zero weights and
 the centroid indices, as in Han et al.'s Deep Compression. A code is *canonical* (Deflate's rule): it is fully
 given by each symbol's code length, codes of one length are consecutive integers in symbol order, so a file only
 stores the lengths. Lengths are capped at MAX_LEN = 32 bits (when plain Huffman would exceed it, the counts are

@@ -1,7 +1,7 @@
 """Weight sharing (Deep Compression, stage two): per layer a codebook of 2^b centroids and an index per weight.
 
 Han, Mao, Dally, "Deep Compression", ICLR 2016 (arXiv 1510.00149), section 3. For every Conv2d/Linear weight
-(utils.sparsity.prunable_layers) the non-zero entries are clustered by 1-D k-means into 2^b clusters, starting
+(utils.compression.weight.magnitude.prunable_layers) the non-zero entries are clustered by 1-D k-means into 2^b clusters, starting
 from centroids spaced linearly between their min and max (the paper's best initialisation: it keeps the few large
 weights, which matter most, represented). Zeros stay zeros: they form an extra, fixed cluster with value 0, so
 the sparsity pattern (the masks) never changes.
@@ -31,7 +31,7 @@ written to all of them. So the optimizer, its param groups and state, GradScaler
 `state_dict()` see a plain model whose weights take at most 2^b non-zero values per layer, and a saved checkpoint
 loads anywhere.
 
-How train.py calls it (next to DNS's hooks, see utils/dns.py):
+How train.py calls it (next to DNS's hooks, see utils/compression/weight/dns.py):
 
     share = WeightSharing(model, bits=4)              # after the model is on its device; k-means on its weights
     if resume: share.load_state_dict(ckpt['share'])

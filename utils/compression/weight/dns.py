@@ -1,7 +1,7 @@
 """Dynamic Network Surgery (DNS): learn binary weight masks T while training, so pruned weights can come back.
 
 Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NIPS 2016 (arXiv 1608.04493), with a target
-sparsity reached through the gradual schedule of Zhu & Gupta 2017. Team spec: docs/dns.md.
+sparsity reached through the gradual schedule of Zhu & Gupta 2017. How to use it: docs/weight-pruning.md.
 
 The network computes with W ⊙ T. The optimizer updates *every* entry of W with the gradient taken at W ⊙ T
 (straight-through), so a masked weight that the loss keeps pushing grows back and is *spliced*, and a kept
@@ -99,7 +99,7 @@ class DNS(SurgeryBase):
 
     Args (fractions, counts in optimizer steps): target sparsity; surgery_steps; scope 'layer' | 'global';
     band δ; gamma, power of σ(k); s_init (None = the model's current fraction of zero weights); seed;
-    exclude_first, exclude_detect (as in utils.sparsity.prune); sync_masks (DDP, see module docstring).
+    exclude_first, exclude_detect (as in utils.compression.weight.magnitude.prune); sync_masks (DDP, see module docstring).
     Construct after the model is on its device and in its training dtype. Initial masks keep every non-zero weight.
 
     Storage per managed weight W (outside the module, so checkpoints stay plain):
@@ -159,7 +159,7 @@ class DNS(SurgeryBase):
     def _mask_parameters(self) -> None:
         """Parameters <- W ⊙ T; during surgery the dense W stays in `dense`."""
         # W - W ⊙ (1 - T) = W ⊙ T, exactly 0 where masked. In the hot path this multiply-add replaces
-        # utils.sparsity.apply_masks (bool masked_fill_, ~70 ms per step on yolov5s with one CPU thread); masking
+        # utils.compression.weight.magnitude.apply_masks (bool masked_fill_, ~70 ms per step on yolov5s with one CPU thread); masking
         # outside the step (finish, apply_to, load_state_dict) goes through apply_masks, the project's applier.
         weights = self._weights()
         if self.frozen:

@@ -4,7 +4,7 @@ The pruner is split the Torch-Pruning way:
 - importance: a small callable mapping a weight tensor to non-negative float32 scores (`l1_importance`);
 - ranking: `magnitude_masks` / `magnitude_threshold` turn scores into keep-masks or thresholds, with an
   exact prune count (ties broken by position, so results are deterministic);
-- applying: `apply_masks`, the one mask applier shared by `prune` and Dynamic Network Surgery (utils/dns.py).
+- applying: `apply_masks`, the one mask applier shared by `prune` and Dynamic Network Surgery (utils/compression/weight/dns.py).
 
 `prune(model, amount)` with the default `scope='layer'` zeroes the same weights as upstream YOLOv5's
 `utils/torch_utils.prune` (torch.nn.utils.prune.l1_unstructured per Conv2d, `round(amount * numel)` smallest
