@@ -36,8 +36,8 @@ from utils.compression.weight.magnitude import SparsityReport
 from utils.dataloaders import VID_FORMATS, LoadImages, LoadStreams
 from utils.labels import IMG_FORMATS
 from utils.downloads import DownloadError, safe_download
-from utils.general import (LOGGER, ROOT, check_img_size, colorstr, increment_path, non_max_suppression, scale_boxes,
-                           set_logging, xyxy2xywhn, yaml_load)
+from utils.general import (LOGGER, ROOT, check_img_size, colorstr, count_string, increment_path,
+                           non_max_suppression, scale_boxes, set_logging, xyxy2xywhn, yaml_load)
 from utils.plots import Annotator, colors, save_one_box
 from utils.torch_utils import DeviceError, device_info, select_device, time_sync
 
@@ -120,15 +120,6 @@ def load_model(weights: list[str], device: torch.device, half: bool, prune_amoun
     One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime, or OpenCV DNN if ``dnn``; sparsity None).
     """
     return prepare_model(load_weights(weights, device, dnn), device, half, prune_amount, prune_scope, **prune_kw)
-
-
-def count_string(cls: torch.Tensor, names: dict[int, str]) -> str:
-    """'2 circles, 1 rectangle, ' for a tensor of class indices (upstream's plural 's')."""
-    s = ''
-    for c in cls.unique():
-        n = int((cls == c).sum())
-        s += f"{n} {names[int(c)]}{'s' * (n > 1)}, "
-    return s
 
 
 def write_labels(file: Path, det: torch.Tensor, shape: tuple[int, ...], save_conf: bool) -> None:

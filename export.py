@@ -5,6 +5,7 @@ Usage:
     python export.py --weights best.pt --img 640 --dynamic --simplify           # any batch size / image size
     python export.py --weights a.pt b.pt --img 256 --batch-size 8 --half --device 0   # FP16 (CUDA only)
     python export.py --weights sparse.pt --include deep                         # sparse.deep.pt (Deep Compression)
+    python export.py --weights best.pt --img 256 --int8 [--data D]              # + best-int8.onnx (INT8, calibrated)
 
 Inference with the exported file (ONNX Runtime, or OpenCV DNN with --dnn):
     python val.py --weights best.onnx --img 256
@@ -28,13 +29,18 @@ from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import int_at_least
 from utils.compression.deep.deep_file import export_deep
+from utils.compression.quant.ptq import (CALIB_METHODS, DEFAULT_CALIB_IMAGES, DEFAULT_CALIB_METHOD, CalibrationImages,
+                                         int8_path, quantize_onnx)
+from utils.compression.quant.ptq import PREFIX as INT8
+from utils.data_yaml import check_dataset
+from utils.downloads import DownloadError
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
 from utils.onnx_export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
 from utils.torch_utils import DeviceError, select_device
 
 DEFAULT_WEIGHTS = ROOT / 'data' / 'weights' / 'yolov5n-shapes.pt'
 # flags of upstream's other formats: accepted so that upstream command lines parse, without effect here
-OTHER_FORMAT_FLAGS = {'keras': False, 'optimize': False, 'int8': False, 'verbose': False, 'workspace': 4,
+OTHER_FORMAT_FLAGS = {'keras': False, 'optimize': False, 'verbose': False, 'workspace': 4,
                       'nms': False, 'agnostic_nms': False, 'topk_per_class': 100, 'topk_all': 100, 'iou_thres': 0.45,
                       'conf_thres': 0.25}
 
@@ -44,7 +50,13 @@ def default_weights() -> str:
     return str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else 'yolov5s.pt'
 
 
-def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream reads it only for TF INT8
+def resolve_opset(opset: int | None, int8: bool) -> int:
+    """The ONNX opset to export at: as given, else 12 (upstream v7.0's default), or 17 for --int8 (per-channel QDQ
+    needs >= 13)."""
+    return opset or (17 if int8 else 12)
+
+
+def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # --int8: calibration images from its train split
         weights: str | Path = DEFAULT_WEIGHTS,  # one .pt file
         imgsz: int | list[int] = (640, 640),  # image (height, width), pixels
         batch_size: int = 1,
@@ -54,7 +66,11 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
         inplace: bool = False,  # Detect inplace flag (same graph: this Detect decodes without in-place ops)
         dynamic: bool = False,  # dynamic batch, height and width axes
         simplify: bool = False,  # onnxruntime basic graph optimizations
-        opset: int = 12,
+        opset: int | None = None,  # default 12 (upstream v7.0), 17 with int8
+        int8: bool = False,  # also write W-int8.onnx: static post-training quantization (QDQ, ONNX Runtime)
+        calib_images: int = DEFAULT_CALIB_IMAGES,  # --int8: calibration images of the data's train split
+        calib_method: str = DEFAULT_CALIB_METHOD,  # --int8: activation ranges by minmax, entropy or percentile
+        int8_keep_fp32: list[str] | tuple[str, ...] = (),  # --int8: more Conv node names to leave in FP32
         **other_format_flags) -> list[str]:
     """Export ``weights`` to ``<weights>.onnx`` (--include onnx) and/or ``<weights>.deep.pt`` (--include deep: the
     entropy-coded Deep Compression form, utils/compression/deep/codec.py); returns the written file names.
@@ -71,6 +87,13 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
     file = Path(weights)
     if file.suffix.lower() == '.onnx':
         raise ValueError(f'{file} is already an ONNX file: pass the .pt checkpoint it came from')
+    opset = resolve_opset(opset, int8)
+    if int8 and 'onnx' not in include:
+        raise ValueError('--int8 quantizes the ONNX export: add --include onnx')
+    if int8 and half:
+        raise ValueError('--int8 and --half do not combine: the INT8 file is quantized from the FP32 export')
+    if int8 and opset < 13:
+        raise ValueError(f'--int8 needs --opset >= 13 (per-channel QDQ), got {opset}')
     written = []
     if 'deep' in include:  # entropy-coded checkpoint: shared weights and sparse positions Huffman-coded
         written.append(str(export_deep(weights)))
@@ -83,6 +106,9 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
     if half and dynamic:
         raise ValueError('--half not compatible with --dynamic, i.e. use either --half or --dynamic but not both')
     require('onnx', 'ONNX export')  # fail before loading anything
+    if int8:
+        require('onnxruntime', 'INT8 export')
+        calib = CalibrationImages(check_dataset(data)['train'], (0, 0), calib_images, batch_size)  # errors first
 
     model, _ = prepare_model(attempt_load(weights, device=device, inplace=True, fuse=False), device, half=False)
     imgsz = [int(imgsz)] * 2 if isinstance(imgsz, int) else [int(x) for x in imgsz]
@@ -100,6 +126,15 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # accepted; upstream 
                 f'({file.stat().st_size / 1e6:.1f} MB)')
     f = export_onnx(model, im, file.with_suffix('.onnx'), opset, dynamic, simplify)
     LOGGER.info(f'{PREFIX} export success ✅ {time.time() - t:.1f}s, saved as {f} ({f.stat().st_size / 1e6:.1f} MB)')
+    if int8:
+        calib.shape = tuple(imgsz)
+        q = int8_path(file)
+        LOGGER.info(f'{INT8} calibrating {calib_method} ranges on {len(calib.files)} images of {data} at '
+                    f'{imgsz[0]}x{imgsz[1]}...')
+        report = quantize_onnx(f, q, calib, calib_method, int8_keep_fp32)
+        LOGGER.info(f'{INT8} export success ✅ {report}; saved as {q}')
+        written.append(str(f))
+        f = q
     h = ' --half' if half else ''
     LOGGER.info(f"\nExport complete ({time.time() - t:.1f}s)\nResults saved to {colorstr('bold', f.parent)}"
                 f'\nDetect:          python detect.py --weights {f}{h}'
@@ -112,7 +147,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (upstream v7.0 names); ``argv`` None reads sys.argv."""
     parser = argparse.ArgumentParser(description='Export a YOLOv5 model to ONNX')
     parser.add_argument('--data', type=str, default=str(ROOT / 'data' / 'shapes.yaml'),
-                        help='dataset.yaml path (accepted; upstream uses it only for TF INT8 calibration)')
+                        help='dataset.yaml path (--int8: calibration images from its train split)')
     parser.add_argument('--weights', nargs='+', type=str, default=[default_weights()], help='model.pt path(s)')
     parser.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int_at_least(1), default=[640, 640],
                         help='image (h, w)')
@@ -123,11 +158,22 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--keras', action='store_true', help='TF: use Keras (format not supported, ignored)')
     parser.add_argument('--optimize', action='store_true',
                         help='TorchScript: optimize for mobile (format not supported, ignored)')
-    parser.add_argument('--int8', action='store_true', help='CoreML/TF INT8 quantization (not supported, ignored)')
+    parser.add_argument('--int8', action='store_true',
+                        help='ONNX: also write W-int8.onnx, INT8 by static post-training quantization (ONNX Runtime '
+                             'QDQ: per-channel symmetric weights, activations calibrated on --data train images; the '
+                             'box decode and the Detect output convs stay FP32)')
+    parser.add_argument('--calib-images', type=int_at_least(1), default=DEFAULT_CALIB_IMAGES,
+                        help='--int8: calibration images, spread over the train split of --data')
+    parser.add_argument('--calib-method', choices=CALIB_METHODS, default=DEFAULT_CALIB_METHOD,
+                        help='--int8: activation ranges from the min/max, entropy or a percentile of the calibration '
+                             'activations')
+    parser.add_argument('--int8-keep-fp32', nargs='+', default=[], metavar='NODE',
+                        help="--int8: more Conv nodes to leave in FP32, by ONNX name (e.g. '/model/model.0/conv/Conv')")
     parser.add_argument('--dynamic', action='store_true', help='ONNX: dynamic axes (batch, height, width)')
     parser.add_argument('--simplify', action='store_true',
                         help='ONNX: simplify model (onnxruntime constant folding and redundant-node elimination)')
-    parser.add_argument('--opset', type=int_at_least(7), default=12, help='ONNX: opset version')
+    parser.add_argument('--opset', type=int_at_least(7), default=None,
+                        help='ONNX: opset version (default 12; 17 with --int8)')
     parser.add_argument('--verbose', action='store_true', help='TensorRT: verbose log (not supported, ignored)')
     parser.add_argument('--workspace', type=int, default=4, help='TensorRT: workspace size (GB) (ignored)')
     parser.add_argument('--nms', action='store_true', help='TF: add NMS to model (not supported, ignored)')
@@ -153,7 +199,7 @@ def main(opt: argparse.Namespace) -> list[str]:
     try:
         for w in opt.weights:
             files += run(**{**vars(opt), 'weights': w})
-    except (CheckpointError, DeviceError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, DeviceError, DownloadError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f'ERROR: {e}') from None
     return files
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -57,8 +58,6 @@ def _restore_yolov5_logger():
     """CLI entry points call set_logging(), which stops propagation to the root logger; put the 'yolov5' logger
     back to its unconfigured state before and after each test, so that caplog-based tests see its records whatever
     ran before them (module-scoped fixtures that run a CLI are set up before this fixture)."""
-    import logging
-
     log = logging.getLogger('yolov5')
 
     def reset() -> None:
@@ -69,3 +68,21 @@ def _restore_yolov5_logger():
     reset()
     yield
     reset()
+
+
+@pytest.fixture
+def log():
+    """Lines logged by the 'yolov5' logger (utils.general.LOGGER) during the test (INFO and up)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger('yolov5')
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)

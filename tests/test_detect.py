@@ -6,7 +6,6 @@ and a duplicate box of the other class), so class checks look at the most confid
 """
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 import torch
 
 import detect
-from utils.general import LOGGER
 
 ROOT = Path(__file__).resolve().parents[1]
 CIRCLE, RECTANGLE, TRIANGLE = 0, 1, 2
@@ -29,23 +27,6 @@ def weights(upstream_dir: Path) -> str:
     if not f.is_file():
         pytest.skip(f'{f} not found')
     return str(f)
-
-
-@pytest.fixture
-def log():
-    """Lines logged by the 'yolov5' logger during the test (INFO and up)."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler, level = Collect(logging.INFO), LOGGER.level
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
-    yield lines
-    LOGGER.removeHandler(handler)
-    LOGGER.setLevel(level)
 
 
 def draw_scene(h: int, w: int, shapes: list[tuple[int, tuple[int, int, int, int], tuple[int, int, int]]],

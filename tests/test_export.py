@@ -323,7 +323,9 @@ def test_onnx_packages_are_imported_lazily():
 
 def test_defaults_and_flags_follow_upstream():
     opt = export.parse_opt([])
-    assert (opt.imgsz, opt.batch_size, opt.device, opt.opset, opt.include) == ([640, 640], 1, 'cpu', 12, ['onnx'])
+    assert (opt.imgsz, opt.batch_size, opt.device, opt.include) == ([640, 640], 1, 'cpu', ['onnx'])
+    assert opt.opset is None and export.resolve_opset(None, int8=False) == 12  # upstream v7.0's default
+    assert export.resolve_opset(None, int8=True) == 17 and export.resolve_opset(13, int8=True) == 13
     for flag in ('--keras', '--optimize', '--int8', '--verbose', '--nms', '--agnostic-nms'):  # upstream names parse
         assert export.parse_opt([flag])
     opt = export.parse_opt(['--img', '320', '--workspace', '8', '--topk-all', '50', '--iou-thres', '0.5'])

@@ -92,7 +92,7 @@ def test_compression_family_is_one_folder():
            'huffman', 'sparse_format', 'deep_compression', 'export')
     assert not [n for n in old if (ROOT / 'utils' / f'{n}.py').exists()]
     families = {p.name for p in (ROOT / 'utils' / 'compression').iterdir() if p.is_dir() and p.name != '__pycache__'}
-    assert families == {'weight', 'channel', 'deep'}
+    assert families == {'weight', 'channel', 'deep', 'quant'}
 
 
 def test_package_face_is_lazy_and_complete():

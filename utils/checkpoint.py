@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import re
+import struct
 import tempfile
 from copy import deepcopy
 from datetime import datetime
@@ -80,7 +81,7 @@ def _torch_load(source: Any, label: str, map_location: str | torch.device) -> An
             what = f'builtins.{what}'
         raise CheckpointError(f'refusing to load {label}: it references {what}, which is not part of a '
                               f'YOLOv5 checkpoint (only allow-listed torch/numpy/models.* classes are loaded)') from None
-    except (KeyError, IndexError, TypeError) as e:  # torch's unpickler on garbage, e.g. a short text file
+    except (KeyError, IndexError, TypeError, struct.error) as e:  # torch's unpickler on garbage, e.g. short text
         raise CheckpointError(f'cannot read checkpoint {label}: not a PyTorch checkpoint ({type(e).__name__} {e})') from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

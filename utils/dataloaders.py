@@ -56,7 +56,7 @@ class LoadImagesAndLabels(Dataset):
         self.stride = stride
         self.path = path
 
-        self.im_files = self._list_images(path, prefix)
+        self.im_files = self.list_images(path, prefix)
         self.label_files = img2label_paths(self.im_files)
         first = Path(path[0] if isinstance(path, (list, tuple)) else path)
         cache_path = (first if first.is_file() else Path(self.label_files[0]).parent).with_suffix('.cache')
@@ -109,7 +109,7 @@ class LoadImagesAndLabels(Dataset):
             self._cache(cache_images, prefix)
 
     @staticmethod
-    def _list_images(path: str | Path | list, prefix: str) -> list[str]:
+    def list_images(path: str | Path | list, prefix: str) -> list[str]:
         """Image files from folders (recursive), *.txt lists (relative entries are relative to the list's
         folder, upstream's ``./images/...``) and single images."""
         files = []

@@ -221,6 +221,16 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
     return output
 
 
+def count_string(cls: torch.Tensor, names: dict[int, str]) -> str:
+    """'2 circles, 1 rectangle, ' for a tensor of class indices (upstream's plural 's'); detect.py's log lines and
+    models.autoshape.Detections use it."""
+    s = ''
+    for c in cls.unique():
+        n = int((cls == c).sum())
+        s += f"{n} {names[int(c)]}{'s' * (n > 1)}, "
+    return s
+
+
 def intersect_dicts(da: dict, db: dict, exclude: tuple = ()) -> dict[str, Any]:
     """Entries of ``da`` whose key is in ``db`` with the same shape and no ``exclude`` substring."""
     return {k: v for k, v in da.items()

@@ -1,0 +1,1 @@
+"""INT8 quantization: post-training static quantization of exported ONNX files (ptq.py)."""
