@@ -13,8 +13,9 @@ exported at the shape (fixed batch and size, opset 17) and quantized like `expor
 --calib-images images of the embedded set: timing does not depend on the ranges). Timing: latency_bench.timings
 (interleaved rounds, fastest run), ONNX Runtime sessions with its default thread count and spinning off.
 Ratios: each row against dense FP32 in ONNX Runtime and against dense FP32 in PyTorch, measured in the same run.
-With --openvino (optional package) every file also runs in OpenVINO (LATENCY hint), the strongest dense CPU
-runtime a user could pick instead.
+With --openvino (optional package) every file also runs in OpenVINO (LATENCY hint): in FP32 (precision hint f32),
+with OpenVINO's default precision (bf16 on CPUs with AMX/AVX512-BF16: what a user gets without asking), and the
+QDQ INT8 file; the strongest dense CPU runtime a user could pick instead.
 """
 from __future__ import annotations
 
@@ -55,14 +56,16 @@ def ladder(model: nn.Module, flops: list[float], round_to: int) -> dict[str, nn.
     return out
 
 
-def openvino_runner(file: Path, feed: dict):
-    """A call running ``file`` in OpenVINO on the CPU (its default throughput settings for one stream), or None when
-    the optional openvino package is missing (pip install openvino)."""
+def openvino_runner(file: Path, feed: dict, precision: str = 'f32'):
+    """A call running ``file`` in OpenVINO on the CPU (LATENCY hint) with inference precision ``precision``: 'f32', or
+    OpenVINO's own default ('' : bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere); None without the optional
+    openvino package (pip install openvino)."""
     try:
         import openvino as ov
     except ImportError:
         return None
-    compiled = ov.Core().compile_model(str(file), 'CPU', {'PERFORMANCE_HINT': 'LATENCY'})
+    config = {'PERFORMANCE_HINT': 'LATENCY', **({'INFERENCE_PRECISION_HINT': precision} if precision else {})}
+    compiled = ov.Core().compile_model(str(file), 'CPU', config)
     request = compiled.create_infer_request()
     return lambda: request.infer(feed)
 
@@ -95,6 +98,14 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
     if openvino and importlib.util.find_spec('openvino') is None:
         print('openvino not installed (pip install openvino): no OpenVINO rows')
         openvino = False
+    ov_default = ''
+    if openvino:
+        import openvino as ov
+
+        hint = ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT')  # an ov.Type, e.g. bf16 or f32
+        ov_default = {'bf16': 'BF16', 'f32': 'FP32', 'f16': 'FP16'}.get(hint.get_type_name(), hint.get_type_name())
+        print(f"OpenVINO {ov.__version__}: FP32 rows with INFERENCE_PRECISION_HINT f32; its default on this CPU is "
+              f"{ov_default} ('{ov_default} OpenVINO' rows); INT8 rows read the QDQ file")
 
     train = check_dataset(ROOT / 'data' / 'shapes.yaml')['train']
     print(f'torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__} (default '
@@ -117,8 +128,10 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
                     for precision, file in (('FP32 ORT', f), ('INT8 ORT', q)):
                         session = ort_cpu_session(file)
                         runners[(name, precision)] = lambda s=session: s.run(None, feed)
-                    for precision, file in (('FP32 OpenVINO', f), ('INT8 OpenVINO', q)) if openvino else ():
-                        runners[(name, precision)] = openvino_runner(file, feed)
+                    ov_rows = [('FP32 OpenVINO', f, 'f32'), (f'{ov_default} OpenVINO', f, ''), ('INT8 OpenVINO', q, '')]
+                    ov_rows = [r for i, r in enumerate(ov_rows) if i != 1 or ov_default != 'FP32']  # no twin row
+                    for precision, file, hint in ov_rows if openvino else ():
+                        runners[(name, precision)] = openvino_runner(file, feed, hint)
                     info[name] = (sum(p.numel() for p in m.parameters()), model_flops(m, 640))
                 t = {k: min(v) for k, v in timings(runners, torch.device('cpu'), repeats).items()}
                 base_ort, base_torch = t[('dense', 'FP32 ORT')], t[('dense', 'FP32 torch')]
