@@ -112,7 +112,8 @@ def main() -> None:
             continue
         outs = {}
         for side, checkout in (('ours', ROOT), ('ref', opt.ref.resolve())):
-            outs[side] = run_job(checkout, opt.out.resolve() / side, name, script, args, opt.reuse_ref and side == 'ref')
+            reuse = opt.reuse_ref and side == 'ref'
+            outs[side] = run_job(checkout, opt.out.resolve() / side, name, script, args, reuse)
         if name == 'val':
             lines = [METRICS.search(o) for o in outs.values()]
             bad = [] if all(lines) and lines[0].group(0) == lines[1].group(0) else ['metrics line']

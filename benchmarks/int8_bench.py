@@ -155,7 +155,8 @@ def main() -> None:
     p.add_argument('--shapes', nargs='+', type=parse_shape, default=[(1, 640), (32, 256)], help='BATCHxSIZE')
     p.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
     p.add_argument('--calib-images', type=int, default=32, help='calibration images per INT8 file')
-    p.add_argument('--openvino', action='store_true', help='also time OpenVINO (optional package: pip install openvino)')
+    p.add_argument('--openvino', action='store_true',
+                   help='also time OpenVINO (optional package: pip install openvino)')
     opt = p.parse_args()
     if not opt.weights and opt.cfgs is None:
         opt.cfgs = ['yolov5n.yaml', 'yolov5s.yaml']

@@ -273,7 +273,8 @@ class Detections:
     def __str__(self) -> str:
         lines = [self._line(i) for i in range(self.n)]
         pre, inference, nms = self.t
-        speed = f'Speed: {pre:.1f}ms pre-process, {inference:.1f}ms inference, {nms:.1f}ms NMS per image at shape {self.s}'
+        speed = (f'Speed: {pre:.1f}ms pre-process, {inference:.1f}ms inference, {nms:.1f}ms NMS per image at shape '
+                 f'{self.s}')
         return '\n'.join(lines + [speed])
 
     def __repr__(self) -> str:

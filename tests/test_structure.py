@@ -96,7 +96,8 @@ def test_compression_family_is_one_folder():
 
 
 def test_package_face_is_lazy_and_complete():
-    code = ('import sys, utils.compression as c; loaded = [m for m in sys.modules if m.startswith("utils.compression.")]; '
+    code = ('import sys, utils.compression as c; '
+            'loaded = [m for m in sys.modules if m.startswith("utils.compression.")]; '
             'print(loaded); assert not loaded; [getattr(c, n) for n in c.__all__]')
     subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True)
 

@@ -30,7 +30,8 @@ def de_parallel(model: nn.Module) -> nn.Module:
 
 
 def _is_detect(module: nn.Module) -> bool:
-    """True for the YOLOv5 Detect head (or a subclass such as Segment); matched by class name to avoid importing models."""
+    """True for the YOLOv5 Detect head (or a subclass such as Segment); matched by class name, so that this leaf
+    imports no model code."""
     return any(cls.__name__ == 'Detect' for cls in type(module).__mro__) and isinstance(getattr(module, 'm', None),
                                                                                          nn.ModuleList)
 

@@ -33,12 +33,14 @@ def share_bits(s: str) -> int:
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     """The sparsity/DNS, channel and weight-sharing argument groups of train.py (defaults: see DNS_DEFAULTS)."""
     d = DNS_DEFAULTS
-    g = parser.add_argument_group('sparsity: Dynamic Network Surgery (utils/compression/weight, docs/weight-pruning.md)')
+    g = parser.add_argument_group('sparsity: Dynamic Network Surgery (utils/compression/weight, '
+                                  'docs/weight-pruning.md)')
     add = g.add_argument
     add('--dns', action='store_true', help='learn sparse weights with Dynamic Network Surgery')
     add('--target-sparsity', type=float_in(0, 1, lo_open=True, hi_open=True), default=None,
         help='DNS: final fraction of zero weights (of prunable channels with --dns-granularity channel), 0 < S < 1')
-    add('--dns-scope', choices=SCOPES, default=None, help=f"DNS: sparsity per layer or overall (default {d['dns_scope']})")
+    add('--dns-scope', choices=SCOPES, default=None,
+        help=f"DNS: sparsity per layer or overall (default {d['dns_scope']})")
     add('--dns-gamma', type=float_in(0, math.inf, hi_open=True), default=None,
         help=f"DNS: mask update probability (1 + gamma*k)^-power at step k (default gamma {d['dns_gamma']:g})")
     add('--dns-power', type=float_in(0, math.inf, lo_open=True, hi_open=True), default=None,

@@ -77,8 +77,8 @@ class DNSConfig:
 
 
 class SurgeryBase(TrainingHook, ABC):
-    """What weight-level `DNS` and channel-level DNS (utils/compression/channel/dns.py) share: the step protocol, config, step
-    counter, update decisions, schedule, mask bookkeeping and reports.
+    """What weight-level `DNS` and channel-level DNS (utils/compression/channel/dns.py) share: the step protocol,
+    config, step counter, update decisions, schedule, mask bookkeeping and reports.
 
     A mask unit is one entry of a bool keep-mask in `keep` (True = kept): a weight (DNS) or a channel of a channel
     group (ChannelDNS). Subclasses own the managed parameters and their dense values and implement the abstract hooks.
@@ -173,7 +173,8 @@ class SurgeryBase(TrainingHook, ABC):
         """The evaluated model's sparsity in this method's units (logged); read by epoch_columns."""
 
     def final_report(self) -> str:
-        text = f"{colorstr('DNS: ')}masks per layer; pruned/spliced counted since this run started\n{self.layer_table()}"
+        text = (f"{colorstr('DNS: ')}masks per layer; pruned/spliced counted since this run started\n"
+                f'{self.layer_table()}')
         if not self.frozen:
             text += (f'\nWARNING ⚠️ training stopped before the end of the DNS surgery phase (--dns-surgery-epochs '
                      f'{self.surgery_epochs}): the saved masks are {self.sparsity:.1%} sparse, not the target '
