@@ -58,12 +58,10 @@ def ladder(model: nn.Module, flops: list[float], round_to: int) -> dict[str, nn.
 
 def openvino_runner(file: Path, feed: dict, precision: str = 'f32'):
     """A call running ``file`` in OpenVINO on the CPU (LATENCY hint) with inference precision ``precision``: 'f32', or
-    OpenVINO's own default ('' : bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere); None without the optional
-    openvino package (pip install openvino)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
+    OpenVINO's own default ('' : bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere). Needs the optional openvino
+    package (run() checks that it is installed)."""
+    import openvino as ov
+
     config = {'PERFORMANCE_HINT': 'LATENCY', **({'INFERENCE_PRECISION_HINT': precision} if precision else {})}
     compiled = ov.Core().compile_model(str(file), 'CPU', config)
     request = compiled.create_infer_request()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -91,10 +90,6 @@ class TrainingHooks(TrainingHook):
 
     def __bool__(self) -> bool:
         return bool(self.hooks)
-
-    def find(self, cls: type) -> Any:
-        """The first hook that is an instance of ``cls``, else None."""
-        return next((h for h in self.hooks if isinstance(h, cls)), None)
 
     def on_gradients(self) -> None:
         for h in self.hooks:

@@ -100,6 +100,7 @@ class SurgeryBase(TrainingHook, ABC):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._in_step = False  # True between before_step() and after_step(): parameters hold dense values
         self.reset_counters()
+        self._reported: dict[str, float | int] = {}  # summary() at the last epoch_columns call
         if s_init_from_masks:
             self.cfg = replace(self.cfg, s_init=min(self.sparsity, cfg.target))
 
@@ -159,7 +160,7 @@ class SurgeryBase(TrainingHook, ABC):
         """results.csv: the evaluated model's sparsity, and the units pruned/spliced since the previous call."""
         r = self._model_sparsity(model)
         s = self.summary()
-        seen = getattr(self, '_reported', {})
+        seen = self._reported
         pruned, spliced = s['pruned'] - seen.get('pruned', 0), s['spliced'] - seen.get('spliced', 0)
         self._reported = s
         phase = 'masks frozen' if self.frozen else (f'surgery step {self.step}/{self.cfg.surgery_steps}, '

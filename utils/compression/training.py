@@ -40,7 +40,7 @@ def make_hooks(model: nn.Module, opt: argparse.Namespace, nb: int, nw: int, nbs:
     dns = make_dns(model, opt, nb, nw, nbs, ckpt.get('dns') if ckpt else None) if opt.dns else None
     slim = make_slimming(model, opt.slim) if opt.slim else None
     share = make_sharing(model, opt, ckpt.get('share') if ckpt else None, ema) if opt.share_bits else None
-    report = dns or (SparsityReport() if float(sparsity(model)) >= 0.01 else None)
+    report = dns if dns is not None else (SparsityReport() if float(sparsity(model)) >= 0.01 else None)
     hooks = [h for h in (slim, report, share) if h is not None]
     return TrainingHooks(hooks)
 
