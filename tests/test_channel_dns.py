@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -31,49 +32,108 @@ def fake_step(dns: ChannelDNS, change=None) -> None:
     dns.after_step()
 
 
+def masked_copy(m, dns: ChannelDNS):
+    """The model as the EMA copy / a checkpoint sees it: masked channels with BN scale and shift 0, no forward masks."""
+    ref = copy.deepcopy(m)
+    dns.apply_to(ref)
+    return ref
+
+
 def test_constant_schedule_masks_exactly_the_target_and_outputs_zero():
     m = tiny()
     dns = ChannelDNS(m, target=0.25, surgery_steps=5, s_init=0.25, gamma=0.0, scope='global')
+    dense = {n: t.detach().clone() for ps in dns.params for n, t in ps}
     fake_step(dns)
     n = sum(k.numel() for k in dns.keep)
     assert sum(int((~k).sum()) for k in dns.keep) == round(0.25 * n)
-    assert zero_channel_fraction(m) == pytest.approx(dns.sparsity)
+    # during surgery the parameters keep their dense values; the masks act on the forward pass
+    assert all(torch.equal(t, dense[n]) for ps in dns.params for n, t in ps)
+    ref = masked_copy(m, dns)
+    assert zero_channel_fraction(ref) == pytest.approx(dns.sparsity)
+    x = torch.rand(2, 3, 64, 64)
+    m.eval(), ref.eval()
+    assert torch.allclose(m(x)[0], ref(x)[0], atol=1e-6)  # forward masks == zeroed channels
     for g, keep in zip(dns.groups, dns.keep):
         for p in g.producers:
-            assert (p.bn.weight[~keep] == 0).all() and (p.bn.bias[~keep] == 0).all()
+            assert (ref.get_submodule(p.name.rpartition('.')[0]).bn.weight[~keep] == 0).all()
 
 
-def test_masked_channel_gets_gradient_and_is_spliced_back():
+def test_masked_channel_gets_the_straight_through_gradient():
+    """An off channel's filters get dL/dy of its (zero) output through its dense block, as if it were on; every
+    other gradient is the masked network's own (no gradient flows through off channels into earlier layers)."""
+    m = tiny()
+    dns = ChannelDNS(m, target=0.25, surgery_steps=100, s_init=0.25, gamma=0.0, band=0.1)
+    fake_step(dns)
+    gi = next(i for i, k in enumerate(dns.keep) if not bool(k.all()))
+    block, conv = dns.outputs[gi][0], dns.groups[gi].producers[0].conv
+    off = ~dns.keep[gi]
+    ref = masked_copy(m, dns)
+    ref_block = ref.get_submodule(next(n for n, x in m.named_modules() if x is block))
+    seen = {}
+
+    def keep_input(mod, args, out):
+        seen['x'] = args[0]
+
+    def keep_output(mod, args, out):
+        out.retain_grad()
+        seen['ref_out'] = out
+    h1, h2 = block.register_forward_hook(keep_input), ref_block.register_forward_hook(keep_output)
+    x = torch.rand(2, 3, 64, 64)
+    m.train(), ref.train()
+    m(x)[0].sum().backward()
+    ref(x)[0].sum().backward()
+    h1.remove(), h2.remove()
+    g_out = seen['ref_out'].grad  # dL/dy at the masked point (the same forward in both models)
+    assert float(g_out[:, off].abs().sum()) > 0
+    with torch.no_grad():
+        dns._stop_straight_through()  # the block as if its channels were on
+    expect = torch.autograd.grad(block(seen['x'].detach()), conv.weight, g_out)[0]
+    assert float(conv.weight.grad[off].abs().sum()) > 0  # the filters of an off channel keep training
+    assert torch.allclose(conv.weight.grad[off], expect[off], rtol=1e-4, atol=1e-6)
+    grads = {n: p.grad for n, p in ref.named_parameters()}
+    kept_rows = {id(pr.conv.weight): k for g, k in zip(dns.groups, dns.keep) for pr in g.producers}
+    managed = {id(t) for ps in dns.params for _, t in ps}  # BN scale/shift: ref's masked rows are 0, no gradient
+    for n, p in m.named_parameters():  # kept channels and later layers: exactly the masked network's gradient
+        if id(p) in managed or p.grad is None:
+            continue
+        rows = kept_rows.get(id(p), slice(None))
+        assert torch.allclose(p.grad[rows], grads[n][rows], rtol=1e-4, atol=1e-5), n
+
+
+def test_masked_channel_is_spliced_back():
     m = tiny()
     dns = ChannelDNS(m, target=0.25, surgery_steps=100, s_init=0.25, gamma=0.0, band=0.1)
     fake_step(dns)
     gi = next(i for i, k in enumerate(dns.keep) if not bool(k.all()))
     bn = dns.groups[gi].producers[0].bn
-    off = torch.nonzero(~dns.keep[gi]).flatten()
-    c = int(off[0])
-    # straight-through: the masked gamma still receives a loss gradient (its conv keeps running)
-    m.train()
-    m(torch.rand(2, 3, 64, 64))[0].sum().backward()
-    assert float(bn.weight.grad[c].abs()) > 0
+    c = int(torch.nonzero(~dns.keep[gi]).flatten()[0])
+    ema = masked_copy(m, dns)
 
-    def grow():  # as if the optimizer followed that gradient a long way
+    def grow():  # as if the optimizer followed the straight-through gradient a long way
         bn.weight.data[c] = 100.0
     fake_step(dns, grow)
     assert bool(dns.keep[gi][c]) and dns.summary()['spliced'] >= 1
     assert float(bn.weight.detach()[c]) == 100.0  # the spliced channel is live again with its learned value
     assert sum(int((~k).sum()) for k in dns.keep) == round(0.25 * dns._numel)  # still exactly the target
+    dns.apply_to(ema)  # the EMA copy held the channel at 0: it gets the training model's value
+    name = next(n for n, t in dns.params[gi] if t is bn.weight)
+    assert float(dict(ema.named_parameters())[name].detach()[c]) == 100.0
 
 
-def test_masked_values_survive_between_steps():
+def test_forward_masks_leave_no_trace_on_the_model():
     m = tiny()
     dns = ChannelDNS(m, target=0.5, surgery_steps=10, s_init=0.5, gamma=0.0)
     fake_step(dns)
-    gi = next(i for i, k in enumerate(dns.keep) if not bool(k.all()))
-    bn = dns.groups[gi].producers[0].bn
-    before = dns.dense[gi][0].clone()
-    dns.before_step()
-    assert torch.equal(bn.weight.data, before)  # masked gammas have their dense values during the step
-    dns.after_step()
+    assert not any(mod._forward_hooks for mod in m.modules())  # one global hook: checkpoints stay plain pickles
+    buf = io.BytesIO()
+    torch.save(copy.deepcopy(m), buf)
+    dns.finish()
+    assert dns._ste is None and zero_channel_fraction(m) == pytest.approx(dns.sparsity)
+    x = torch.rand(1, 3, 64, 64)
+    m.eval()
+    y = m(x)[0]
+    del dns
+    assert torch.equal(m(x)[0], y)  # after the cut the zeros are in the parameters, not in a hook
 
 
 def test_final_cut_freezes_and_state_round_trips():
@@ -81,7 +141,8 @@ def test_final_cut_freezes_and_state_round_trips():
     dns = ChannelDNS(m, target=0.3, surgery_steps=2, gamma=0.0, seed=3)
     for _ in range(3):
         fake_step(dns)
-    assert dns.frozen and dns.dense == []
+    assert dns.frozen and dns._ste is None and dns.state_dict()['dense'] == {}
+    assert zero_channel_fraction(m) == pytest.approx(dns.sparsity)
     state = dns.state_dict()
     m2 = tiny()
     dns2 = ChannelDNS(m2, target=0.3, surgery_steps=2)
@@ -95,14 +156,19 @@ def test_mid_surgery_state_restores_dense_values():
     dns = ChannelDNS(m, target=0.3, surgery_steps=50, s_init=0.3, gamma=0.0)
     fake_step(dns)
     state = dns.state_dict()
-    m2 = copy.deepcopy(m)
+    m2 = masked_copy(m, dns)  # --resume loads the EMA copy, whose masked channels are 0
     dns2 = ChannelDNS(m2, target=0.3, surgery_steps=50)
     dns2.load_state_dict(state)
-    for a, b in zip(dns.dense, dns2.dense):
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(a, b) for a, b in zip(dns.keep, dns2.keep))
+    for ps, ps2 in zip(dns.params, dns2.params):
+        assert all(torch.equal(t, t2) for (_, t), (_, t2) in zip(ps, ps2))
     saved = {n: d.clone() for n, d in state['dense'].items()}
     fake_step(dns2, lambda: [t.data.add_(1.0) for t in m2.parameters()])  # an optimizer step moves every value
     assert all(torch.equal(state['dense'][n], d) for n, d in saved.items())  # the caller's state is not written to
+    x = torch.rand(1, 3, 64, 64)
+    m.eval(), m2.eval()
+    fake_step(dns, lambda: [t.data.add_(1.0) for t in m.parameters()])
+    assert torch.allclose(m(x)[0], m2(x)[0], atol=1e-5)  # both masked alike
 
 
 def test_weight_dns_state_is_refused():

@@ -1,29 +1,34 @@
 """Channel-level Dynamic Network Surgery: DNS whose masks switch whole output channels off and on.
 
-The weight-level DNS of utils/compression/weight/dns.py masks single weights; here a mask entry is one channel of a channel group
-(utils/compression/channel/groups.py: a conv's outputs, tied across residual adds). A masked channel has BatchNorm scale and
-shift 0, so it outputs exactly 0 (SiLU(0) = 0) and the model computes what the physically smaller model computes;
-removing the masked channels at the end (`shrink_zero_channels`) changes no output.
+The weight-level DNS of utils/compression/weight/dns.py masks single weights; here a mask entry is one channel of a
+channel group (utils/compression/channel/groups.py: a conv's outputs, tied across residual adds).
 
-Straight-through, as in DNS: between optimizer steps the managed parameters (each producer's BN weight and bias,
-or conv rows and bias without BN) hold their masked values; `before_step` gives the masked channels their dense
-values back, so the optimizer updates them with the gradient taken at the masked point. For the BN scale that
-gradient is sum(dL/dy * x_hat), non-zero while the channel is off (its conv still runs), so a channel the loss
-wants grows back and is spliced; the conv weights of an off channel get no loss gradient (gamma = 0 multiplies
-them). The importance is therefore |gamma| by default ('bn'); 'l1' (filter magnitude) can only splice a channel back
-when kept channels shrink below it.
+Straight-through masks, the channel analogue of DNS's W ⊙ T: during the surgery the parameters keep their dense
+values and each producer's output (after its activation) is multiplied by the channel mask in the forward pass,
+while the backward pass treats the mask as 1. A masked channel therefore outputs 0 (its readers see the smaller
+model), yet its filters and BatchNorm receive the gradient they would get if it were on (dL/dy of the masked output,
+which its readers' input slices make non-zero), so its importance keeps moving and the hysteresis rule can splice
+it back. The masks live in one global forward hook keyed weakly by module (`_StraightThrough`), so nothing is
+stored on the model and checkpoints stay plain YOLOv5 pickles; the EMA copy gets the masked channels' BN scale and
+shift zeroed instead (`apply_to`), and a channel spliced back is copied into it from the training model.
+
+At the final cut the masks are frozen, the hook is removed and the masked channels' BN scale and shift (conv rows
+and bias without BN) become 0: the model then outputs exactly what the physically smaller model outputs
+(SiLU(0) = 0) and is fine-tuned with those zeros held after every step; `shrink_zero_channels` removes them.
 
 Masks follow the same hysteresis rule and schedule as DNS (`hysteresis_scores` on per-channel scores, exact count
-per update through `utils.compression.channel.pruning.select_channels`), with σ(k) update decisions drawn identically on every
-rank; under torch.distributed the masks are also broadcast from rank 0 after every update, so all ranks always hold
-identical channel masks. The step protocol, schedule, update draws and reports are utils.compression.surgery.SurgeryBase's, shared
-with DNS (before_step / after_step / finish / apply_to / state_dict), so train.py drives both the same way; train.py
-shrinks best.pt and last.pt when training ends (`finish_file`).
+per update through `utils.compression.channel.pruning.select_channels`), with σ(k) update decisions drawn identically
+on every rank; under torch.distributed the masks are also broadcast from rank 0 after every update, so all ranks
+always hold identical channel masks. The step protocol, schedule, update draws and reports are
+utils.compression.surgery.SurgeryBase's, shared with DNS (before_step / after_step / finish / apply_to /
+state_dict), so train.py drives both the same way; train.py shrinks best.pt and last.pt when training ends
+(`finish_file`).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +36,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from utils.compression.channel.groups import ChannelGroup, channel_groups
+from models.common import Conv
+from utils.compression.channel.groups import ChannelGroup, Producer, channel_groups
 from utils.compression.channel.pruning import (IMPORTANCES, channel_importance, select_channels, shrink_checkpoint,
                                                shrink_zero_channels, zero_channel_fraction, zero_channel_masks)
 from utils.compression.layers import de_parallel, distributed
@@ -66,6 +73,70 @@ def _managed(model: nn.Module, group: ChannelGroup) -> list[tuple[str, Tensor]]:
     return out
 
 
+def _output_module(model: nn.Module, p: Producer) -> nn.Module:
+    """The module whose output is the producer's channels: its Conv block (after the activation) when the conv and
+    BN sit in a models.common.Conv, else the BN, else the conv."""
+    parent = model.get_submodule(p.name.rpartition('.')[0]) if '.' in p.name else None
+    if isinstance(parent, Conv) and parent.conv is p.conv and getattr(parent, 'bn', None) is p.bn:
+        return parent
+    return p.bn if p.bn is not None else p.conv
+
+
+class _StraightThrough:
+    """Channel masks on module outputs through one global forward hook.
+
+    Forward: y * keep, so the rest of the model computes (and is trained on) the masked network. In training, the
+    masked channels are recomputed from a detached input and added as z - z.detach() (value 0): their own filters
+    and BN get dL/dy as if they were on, while no gradient flows through them into earlier layers. Modules are held
+    weakly, so a model that is dropped takes its masks with it; `remove()` detaches the hook.
+    """
+
+    def __init__(self) -> None:
+        self.masks: weakref.WeakKeyDictionary[nn.Module, tuple[Tensor, Tensor]] = weakref.WeakKeyDictionary()
+        self.handle = nn.modules.module.register_module_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        entry = self.masks.get(module)
+        if entry is None:
+            return None
+        keep, off = entry
+        y = out * keep.to(out.dtype).view(1, -1, 1, 1)
+        if module.training and torch.is_grad_enabled():
+            z = _channels_output(module, args[0].detach(), off)
+            y = y.index_add(1, off, (z - z.detach()).to(y.dtype))
+        return y
+
+    def set(self, module: nn.Module, keep: Tensor) -> None:
+        """Mask ``module``'s output channels with bool ``keep`` (all True: no mask)."""
+        if bool(keep.all()):
+            self.masks.pop(module, None)
+        else:
+            device = next(module.parameters()).device
+            self.masks[module] = (keep.to(device=device, dtype=torch.float32),
+                                  torch.nonzero(~keep).flatten().to(device))
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.masks.clear()
+
+
+def _channels_output(module: nn.Module, x: Tensor, idx: Tensor) -> Tensor:
+    """Output channels ``idx`` of a Conv block, BN or conv (groups=1, training mode: BN batch statistics, no
+    running-statistics update: the full forward made it)."""
+    if isinstance(module, nn.BatchNorm2d):
+        return _bn_channels(module, x[:, idx], idx)
+    conv = module.conv if isinstance(module, Conv) else module
+    bias = None if conv.bias is None else conv.bias[idx]
+    z = F.conv2d(x, conv.weight[idx], bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if isinstance(module, Conv):
+        return module.act(_bn_channels(module.bn, z, idx))
+    return z
+
+
+def _bn_channels(bn: nn.BatchNorm2d, z: Tensor, idx: Tensor) -> Tensor:
+    return F.batch_norm(z, None, None, bn.weight[idx], bn.bias[idx], training=True, eps=bn.eps)
+
+
 class ChannelDNS(SurgeryBase):
     """Dynamic Network Surgery over the prunable channel groups of a YOLOv5 model (see the module docstring).
 
@@ -92,36 +163,45 @@ class ChannelDNS(SurgeryBase):
         if not self.groups:
             raise ValueError('channel DNS found no prunable channel groups in the model')
         self.params = [_managed(model, g) for g in self.groups]
-        self.dense = [[t.detach().clone() for _, t in ps] for ps in self.params]
+        self.outputs = [[_output_module(model, p) for p in g.producers] for g in self.groups]
+        self._ste: _StraightThrough | None = None  # the forward masks while the surgery runs
+        self._ema_keep: list[Tensor] | None = None  # masks when the EMA copy was last masked (apply_to)
         # channels already off stay off at first
         super().__init__(cfg, [g.name for g in self.groups], zero_channel_masks(self.groups),
                          s_init_from_masks=s_init is None)
+        self._start_straight_through()
 
     # ---- step hooks (SurgeryBase.before_step / after_step / finish call these)
 
     def _device(self) -> torch.device:
         return self.params[0][0][1].device
 
+    def _start_straight_through(self) -> None:
+        """Surgery: masks act on the forward pass (parameters keep their dense values)."""
+        if self._ste is None:
+            self._ste = _StraightThrough()
+        for modules, keep in zip(self.outputs, self.keep):
+            for m in modules:
+                self._ste.set(m, keep)
+
+    def _stop_straight_through(self) -> None:
+        if self._ste is not None:
+            self._ste.remove()
+            self._ste = None
+
+    def __del__(self) -> None:
+        self._stop_straight_through()
+
     def _restore_dense(self) -> None:
-        """Masked channels get their dense values back."""
-        for ps, dense, keep in zip(self.params, self.dense, self.keep):
-            off = ~keep
-            if bool(off.any()):
-                for (_, t), d in zip(ps, dense):
-                    t[off.to(t.device)] = d[off.to(d.device)]
+        """Nothing to do: during surgery the parameters hold their dense values (the masks act on the outputs)."""
 
     def _mask_parameters(self) -> None:
-        """During surgery the parameters' values become the dense ones; then the masked channels are zeroed."""
-        if not self.frozen:
-            for ps, dense in zip(self.params, self.dense):
-                for (_, t), d in zip(ps, dense):
-                    d.copy_(t)
-        self._zero_masked()
+        """After the final cut the masked channels' parameters are held at 0 after every step."""
+        if self.frozen:
+            self._zero_masked()
 
     def _write_dense(self) -> None:
-        for ps, dense in zip(self.params, self.dense):
-            for (_, t), d in zip(ps, dense):
-                t.copy_(d)
+        """Nothing to do: the parameters already hold the dense values."""
 
     def _zero_masked(self) -> None:
         for ps, keep in zip(self.params, self.keep):
@@ -139,9 +219,11 @@ class ChannelDNS(SurgeryBase):
         self._set_masks(select_channels(self.groups, scores, amount, self.cfg.scope, self.cfg.round_to))
 
     def _final_cut(self) -> None:
+        """Masks to exactly the target and frozen; the forward masks become zeroed BN scale and shift."""
         self._update_masks(self.cfg.target)
         self.frozen = True
-        self.dense = []
+        self._stop_straight_through()
+        self._zero_masked()
 
     def _set_masks(self, keep: list[Tensor]) -> None:
         if self.cfg.sync_masks and distributed():
@@ -151,19 +233,30 @@ class ChannelDNS(SurgeryBase):
         for i, new in enumerate(keep):
             self._replace_mask(i, new.clone())
         self._count_masked()
+        if not self.frozen:
+            self._start_straight_through()
 
     # ---- other models (EMA)
 
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> None:
-        """Zero the masked channels of a model with the same parameter names and shapes (the EMA copy)."""
+        """Zero the masked channels of a model with the same parameter names and shapes (the EMA copy).
+
+        A channel spliced back since the previous call gets the training model's values: the EMA copy held it at 0.
+        """
         found = dict(de_parallel(model).named_parameters())
-        for ps, keep in zip(self.params, self.keep):
+        previous = self._ema_keep or [None] * len(self.keep)
+        for ps, keep, before in zip(self.params, self.keep, previous):
+            back = None if before is None else keep & ~before
             for name, t in ps:
                 other = found.get(name)
                 if other is None or other.shape != t.shape:
                     raise ValueError(f'ChannelDNS.apply_to: model has no parameter {name} of shape {tuple(t.shape)}')
                 other[(~keep).to(other.device)] = 0
+                if back is not None and bool(back.any()):
+                    b = back.to(other.device)
+                    other[b] = t.detach()[back.to(t.device)].to(other.dtype)
+        self._ema_keep = [k.clone() for k in self.keep]
 
     # ---- reports (masks, masks_by_name keyed by the group's first producer e.g. 'model.2.cv1.conv', sparsity as
     # the fraction of prunable channels masked, summary, reset_counters: SurgeryBase)
@@ -189,13 +282,12 @@ class ChannelDNS(SurgeryBase):
 
     def state_dict(self) -> dict:
         """CPU state: keep-masks by group, dense values of the managed parameters (during surgery), step, config, RNG."""
-        dense = {} if self.frozen else {name: d.cpu().clone() for ps, ds in zip(self.params, self.dense)
-                                        for (name, _), d in zip(ps, ds)}
+        dense = {} if self.frozen else {name: t.detach().cpu().clone() for ps in self.params for name, t in ps}
         return {'granularity': 'channel', 'masks': self._masks_state(), 'dense': dense, **self._progress_state()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()`; the model's masked channels are re-zeroed."""
+        """Restore a `state_dict()`: masks, progress and (during surgery) the dense values of the managed parameters."""
         if state.get('granularity') != 'channel':
             raise ValueError('the checkpoint holds weight-level DNS state; resume it without --dns-granularity channel')
         masks = state['masks']
@@ -205,9 +297,15 @@ class ChannelDNS(SurgeryBase):
         self._load_progress(state)
         self.keep = [masks[n].bool().cpu().clone() for n in self.names]
         self._count_masked()
-        self.dense = [] if self.frozen else [[state['dense'][name].to(t.device, t.dtype, copy=True) for name, t in ps]
-                                            for ps in self.params]  # copies: later steps must not write into `state`
-        self._zero_masked()
+        if self.frozen:
+            self._stop_straight_through()
+            self._zero_masked()
+        else:  # the model was loaded from the EMA copy, whose masked channels are 0: the dense values come back
+            for ps in self.params:
+                for name, t in ps:
+                    t.copy_(state['dense'][name])
+            self._start_straight_through()
+        self._ema_keep = None
         self.reset_counters()
 
 
