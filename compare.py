@@ -46,6 +46,7 @@ from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, release_checkpoint, save
 from utils.cli import float_in, int_at_least, round_multiple
 from utils.comparison import Row, merge, read_csv, unique_stems, write_all
+from utils.compression.channel.dns import DNS_IMPORTANCES
 from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES, prune_channels, resolve_round
 from utils.compression.deep.deep_file import deep_report, export_deep
 from utils.compression.deep.sharing import STEPS, share_weights
@@ -356,7 +357,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--channel-scope', choices=['layer', 'global'], default='layer', help='--structured: scope')
     p.add_argument('--importances', nargs='+', choices=IMPORTANCES, default=list(IMPORTANCES),
                    help='--structured: channel importances of the one-shot and one-shot+ft rows')
-    p.add_argument('--dns-importance', choices=IMPORTANCES, default=DEFAULT_IMPORTANCE,
+    p.add_argument('--dns-importance', choices=DNS_IMPORTANCES, default=DEFAULT_IMPORTANCE,
                    help='--structured: channel importance of the channel DNS rows')
     p.add_argument('--prune-round', type=round_multiple, default=1, metavar='N',
                    help="--structured: kept channels rounded up to a multiple of N (auto: the device's kernel width)")

@@ -1,4 +1,5 @@
-"""Channel-level DNS (utils/compression/channel/dns.py) and network slimming (utils/compression/channel/slimming.py): hooks, splicing, state."""
+"""Channel-level DNS (utils/compression/channel/dns.py) and network slimming (channel/slimming.py): straight-through
+masks, splicing, Taylor scores, state."""
 from __future__ import annotations
 
 import copy
@@ -198,3 +199,63 @@ def test_slimming_adds_l1_subgradient():
     assert slim.penalty() == pytest.approx(0.01 * float(sum(g.detach().abs().sum() for g in slim.gammas)))
     with pytest.raises(ValueError):
         Slimming(m, -1.0)
+
+
+def test_taylor_scores_are_the_first_order_loss_change():
+    """sum(y * dL/dy) of an off channel ~ L(channel on by eps) - L(off), over eps (finite difference)."""
+    m = tiny()
+    dns = ChannelDNS(m, target=0.25, surgery_steps=100, s_init=0.25, gamma=0.0, importance='taylor')
+    fake_step(dns)  # no gradient seen yet: the first cut falls back to the weight-based ranking
+    gi = next(i for i, k in enumerate(dns.keep) if not bool(k.all()))
+    gate = dns._gates[gi][0]
+    c = int(gate.off[0])
+    m.train()
+    x = torch.rand(2, 3, 64, 64)
+
+    def loss() -> torch.Tensor:
+        return sum(p.square().mean() for p in m(x))
+
+    loss().backward()
+    first_order = float(gate.taylor[c])
+    assert first_order != 0
+    with torch.no_grad():
+        base = float(loss())
+        eps = 1e-3
+        gate.keep[c] = eps
+        opened = float(loss())
+        gate.keep[c] = 0.0
+    assert (opened - base) / eps == pytest.approx(first_order, rel=0.05, abs=1e-4)
+    fake_step(dns)  # folds the step's terms into the running mean of their squares
+    assert dns.taylor_steps == 2  # (the first step had no backward pass: zeros)
+    assert float(dns.taylor[gi][c]) == pytest.approx((1 - dns.cfg.taylor_decay) * first_order ** 2, rel=1e-5)
+    assert float(gate.taylor.abs().sum()) == 0
+    state = dns.state_dict()
+    dns2 = ChannelDNS(masked_copy(m, dns), target=0.25, surgery_steps=100, importance='taylor')
+    dns2.load_state_dict(state)
+    assert dns2.taylor_steps == 2 and all(torch.equal(a, b) for a, b in zip(dns.taylor, dns2.taylor))
+
+
+def test_taylor_importance_splices_the_channel_the_loss_wants():
+    m = tiny()
+    dns = ChannelDNS(m, target=0.25, surgery_steps=100, s_init=0.25, gamma=0.0, importance='taylor', taylor_decay=0)
+    fake_step(dns)
+    gi = next(i for i, k in enumerate(dns.keep) if not bool(k.all()))
+    c = int(dns._gates[gi][0].off[0])
+
+    def wanted():  # this step's first-order terms: all alike, but switching c on lowers the loss most
+        for gates in dns._gates:
+            for g in gates:
+                g.taylor.fill_(1e-3)
+        dns._gates[gi][0].taylor[c] = 10.0
+    wanted()
+    fake_step(dns)
+    assert bool(dns.keep[gi][c]) and dns.summary()['spliced'] >= 1
+    assert sum(int((~k).sum()) for k in dns.keep) == round(0.25 * dns._numel)
+
+
+def test_taylor_without_surgery_falls_back_to_weight_ranking():
+    m1, m2 = tiny(), tiny()
+    a = ChannelDNS(m1, target=0.3, surgery_steps=5, importance='taylor')
+    b = ChannelDNS(m2, target=0.3, surgery_steps=5, importance='group')
+    a.finish(), b.finish()
+    assert all(torch.equal(x, y) for x, y in zip(a.keep, b.keep))

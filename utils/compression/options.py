@@ -8,7 +8,8 @@ import math
 from dataclasses import fields
 
 from utils.cli import float_in, int_at_least, round_multiple
-from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES
+from utils.compression.channel.dns import DNS_IMPORTANCES
+from utils.compression.channel.pruning import DEFAULT_IMPORTANCE
 from utils.compression.deep.sharing import BITS, STEPS
 from utils.compression.layers import GRANULARITIES, SCOPES
 from utils.compression.surgery import DNSConfig
@@ -62,9 +63,10 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group('channel methods (utils/compression/channel, docs/channel-pruning.md)')
     add = g.add_argument
-    add('--prune-importance', choices=IMPORTANCES, default=None,
-        help=f'channel DNS: rank channels by filters + BN + readers, normalised (group, default), by |BatchNorm '
-             f'gamma| (bn) or by the mean |w| of their filters (l1); default {DEFAULT_IMPORTANCE}')
+    add('--prune-importance', choices=DNS_IMPORTANCES, default=None,
+        help=f'channel DNS: rank channels by filters + BN + readers, normalised (group), by |BatchNorm gamma| (bn), '
+             f'by the mean |w| of their filters (l1) or by the running mean of the squared first-order loss change '
+             f'of switching them off/on (taylor, from the straight-through gradients); default {DEFAULT_IMPORTANCE}')
     add('--prune-round', type=round_multiple, default=None, metavar='N',
         help="channel DNS: kept channels per group rounded up to a multiple of N (default 1); auto = the device's "
              'kernel width (16 on AVX-512 CPUs, 8 on other CPUs and on CUDA)')

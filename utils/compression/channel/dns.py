@@ -40,25 +40,43 @@ from torch.nn import functional as F
 
 from models.common import Conv
 from utils.compression.channel.groups import ChannelGroup, Producer, channel_groups
-from utils.compression.channel.pruning import (IMPORTANCES, channel_importance, select_channels, shrink_checkpoint,
-                                               shrink_zero_channels, zero_channel_fraction, zero_channel_masks)
+from utils.compression.channel.pruning import (
+    DEFAULT_IMPORTANCE,
+    IMPORTANCES,
+    channel_importance,
+    select_channels,
+    shrink_checkpoint,
+    shrink_zero_channels,
+    zero_channel_fraction,
+    zero_channel_masks,
+)
 from utils.compression.layers import de_parallel, distributed
 from utils.compression.surgery import DNSConfig, SurgeryBase, hysteresis_scores
 from utils.general import LOGGER, colorstr
 from utils.torch_utils import model_flops
+
+# the weight-based importances of one-shot pruning, plus 'taylor': the running mean over optimizer steps of
+# (sum over the step's images and positions of y * dL/dy)^2 per channel, summed over the group's producers -- the
+# squared first-order change of the loss when the channel is switched off (kept) or on (masked; y is the output it
+# would have, dL/dy the gradient at its zero output) (Molchanov et al., CVPR 2019)
+DNS_IMPORTANCES = (*IMPORTANCES, 'taylor')
 
 
 @dataclass
 class ChannelDNSConfig(DNSConfig):
     """DNSConfig where target is the fraction of prunable channels; plus the channel importance and rounding."""
 
-    importance: str = 'bn'  # 'bn' |gamma| or 'l1' mean |w| of the filters
+    importance: str = 'bn'  # one of DNS_IMPORTANCES (see there)
     round_to: int = 1  # kept channels per group rounded up to a multiple of this
+    taylor_decay: float = 0.9  # 'taylor': running mean over optimizer steps, weight of the past
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"channel importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
+        if self.importance not in DNS_IMPORTANCES:
+            raise ValueError(f"channel importance must be one of {', '.join(DNS_IMPORTANCES)}, "
+                             f'got {self.importance!r}')
+        if not 0.0 <= self.taylor_decay < 1.0:
+            raise ValueError(f'taylor_decay must be in [0, 1), got {self.taylor_decay}')
         if not (isinstance(self.round_to, int) and self.round_to >= 1):
             raise ValueError(f'round_to must be an integer >= 1, got {self.round_to!r}')
 
@@ -82,42 +100,72 @@ def _output_module(model: nn.Module, p: Producer) -> nn.Module:
     return p.bn if p.bn is not None else p.conv
 
 
+@dataclass(eq=False)
+class _Gate:
+    """One producer's output channels during the surgery."""
+
+    keep: Tensor | None = None  # float (channels,) on the module's device; None: no channel masked
+    off: Tensor | None = None  # indices of the masked channels
+    taylor: Tensor | None = None  # float32 (channels,): sum over backward passes of sum(y * dL/dy); None: not recorded
+
+
 class _StraightThrough:
     """Channel masks on module outputs through one global forward hook.
 
     Forward: y * keep, so the rest of the model computes (and is trained on) the masked network. In training, the
     masked channels are recomputed from a detached input and added as z - z.detach() (value 0): their own filters
-    and BN get dL/dy as if they were on, while no gradient flows through them into earlier layers. Modules are held
-    weakly, so a model that is dropped takes its masks with it; `remove()` detaches the hook.
+    and BN get dL/dy as if they were on, while no gradient flows through them into earlier layers. A gate with a
+    `taylor` accumulator also adds sum(y * dL/dy) per channel in every backward pass (y: the output before the mask,
+    dL/dy: the gradient at the masked output). Modules are held weakly, so a model that is dropped takes its gates
+    with it; `remove()` detaches the hook.
     """
 
     def __init__(self) -> None:
-        self.masks: weakref.WeakKeyDictionary[nn.Module, tuple[Tensor, Tensor]] = weakref.WeakKeyDictionary()
+        self.gates: weakref.WeakKeyDictionary[nn.Module, _Gate] = weakref.WeakKeyDictionary()
         self.handle = nn.modules.module.register_module_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
-        entry = self.masks.get(module)
-        if entry is None:
+        gate = self.gates.get(module)
+        if gate is None:
             return None
-        keep, off = entry
-        y = out * keep.to(out.dtype).view(1, -1, 1, 1)
-        if module.training and torch.is_grad_enabled():
-            z = _channels_output(module, args[0].detach(), off)
-            y = y.index_add(1, off, (z - z.detach()).to(y.dtype))
-        return y
+        train = module.training and torch.is_grad_enabled()
+        y = out
+        if gate.keep is not None:
+            y = out * gate.keep.to(out.dtype).view(1, -1, 1, 1)
+            if train:
+                z = _channels_output(module, args[0].detach(), gate.off)
+                y = y.index_add(1, gate.off, (z - z.detach()).to(y.dtype))
+        if train and gate.taylor is not None and y.requires_grad:
+            y.register_hook(_taylor_hook(out.detach(), gate.taylor))
+        return None if y is out else y
 
-    def set(self, module: nn.Module, keep: Tensor) -> None:
-        """Mask ``module``'s output channels with bool ``keep`` (all True: no mask)."""
+    def set(self, module: nn.Module, keep: Tensor, taylor: bool = False) -> _Gate | None:
+        """Gate ``module``'s output channels with bool ``keep``; taylor: record first-order scores. Returns the gate
+        (None when nothing is masked or recorded)."""
+        device = next(module.parameters()).device
+        gate = self.gates.get(module) or _Gate()
         if bool(keep.all()):
-            self.masks.pop(module, None)
+            gate.keep = gate.off = None
         else:
-            device = next(module.parameters()).device
-            self.masks[module] = (keep.to(device=device, dtype=torch.float32),
-                                  torch.nonzero(~keep).flatten().to(device))
+            gate.keep, gate.off = keep.to(device, torch.float32), torch.nonzero(~keep).flatten().to(device)
+        if taylor and gate.taylor is None:
+            gate.taylor = torch.zeros(keep.numel(), device=device)
+        if gate.keep is None and gate.taylor is None:
+            self.gates.pop(module, None)
+            return None
+        self.gates[module] = gate
+        return gate
 
     def remove(self) -> None:
         self.handle.remove()
-        self.masks.clear()
+        self.gates.clear()
+
+
+def _taylor_hook(value: Tensor, acc: Tensor):
+    """Tensor hook: acc += sum over batch and positions of value * grad (per channel)."""
+    def hook(grad: Tensor) -> None:
+        acc.add_((value * grad).sum((0, 2, 3)).float())
+    return hook
 
 
 def _channels_output(module: nn.Module, x: Tensor, idx: Tensor) -> Tensor:
@@ -140,9 +188,10 @@ def _bn_channels(bn: nn.BatchNorm2d, z: Tensor, idx: Tensor) -> Tensor:
 class ChannelDNS(SurgeryBase):
     """Dynamic Network Surgery over the prunable channel groups of a YOLOv5 model (see the module docstring).
 
-    Args as utils.compression.weight.dns.DNS (target = fraction of prunable channels), plus importance ('bn' | 'l1') and round_to.
-    Construct after the model is on its device. Initial masks keep every channel that is not already off.
-    The step hooks, schedule, update draws, counters and reports are SurgeryBase's (utils/compression/surgery.py).
+    Args as utils.compression.weight.dns.DNS (target = fraction of prunable channels), plus importance (one of
+    DNS_IMPORTANCES) and round_to. Construct after the model is on its device. Initial masks keep every channel that
+    is not already off. The step hooks, schedule, update draws, counters and reports are SurgeryBase's
+    (utils/compression/surgery.py).
     """
 
     config_class = ChannelDNSConfig
@@ -150,11 +199,12 @@ class ChannelDNS(SurgeryBase):
     def __init__(self, model: nn.Module, target: float, surgery_steps: int, *, scope: str = 'layer',
                  band: float = 0.1, gamma: float = 1e-4, power: float = 1.0, s_init: float | None = 0.0,
                  seed: int = 0, importance: str = 'bn', round_to: int = 1, exclude_first: bool = False,
-                 exclude_detect: bool = False, sync_masks: bool = True) -> None:
+                 exclude_detect: bool = False, sync_masks: bool = True, taylor_decay: float = 0.9) -> None:
         cfg = ChannelDNSConfig(target=target, surgery_steps=surgery_steps, scope=scope, band=band, gamma=gamma,
                                power=power, s_init=0.0 if s_init is None else s_init, seed=seed,
                                exclude_first=exclude_first, exclude_detect=exclude_detect,
-                               sync_masks=sync_masks, importance=importance, round_to=round_to)
+                               sync_masks=sync_masks, importance=importance, round_to=round_to,
+                               taylor_decay=taylor_decay)
         model = de_parallel(model)
         groups = channel_groups(model)
         if exclude_first:  # the group of the first conv keeps its channels
@@ -165,6 +215,9 @@ class ChannelDNS(SurgeryBase):
         self.params = [_managed(model, g) for g in self.groups]
         self.outputs = [[_output_module(model, p) for p in g.producers] for g in self.groups]
         self._ste: _StraightThrough | None = None  # the forward masks while the surgery runs
+        self._gates: list[list[_Gate]] = []  # per group, per producer (while the surgery runs)
+        self.taylor = [torch.zeros(g.channels) for g in self.groups] if importance == 'taylor' else None
+        self.taylor_steps = 0  # optimizer steps folded into self.taylor
         self._ema_keep: list[Tensor] | None = None  # masks when the EMA copy was last masked (apply_to)
         # channels already off stay off at first
         super().__init__(cfg, [g.name for g in self.groups], zero_channel_masks(self.groups),
@@ -180,17 +233,32 @@ class ChannelDNS(SurgeryBase):
         """Surgery: masks act on the forward pass (parameters keep their dense values)."""
         if self._ste is None:
             self._ste = _StraightThrough()
-        for modules, keep in zip(self.outputs, self.keep):
-            for m in modules:
-                self._ste.set(m, keep)
+        taylor = self.taylor is not None
+        self._gates = [[self._ste.set(m, keep, taylor) for m in modules]
+                       for modules, keep in zip(self.outputs, self.keep)]
 
     def _stop_straight_through(self) -> None:
         if self._ste is not None:
             self._ste.remove()
             self._ste = None
+            self._gates = []
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """'taylor': fold this step's first-order terms into the running scores, then SurgeryBase.before_step."""
+        if self.taylor is not None and self._gates:
+            d = self.cfg.taylor_decay
+            for i, gates in enumerate(self._gates):
+                step = sum(g.taylor.cpu() for g in gates)
+                self.taylor[i].mul_(d).add_(step.square(), alpha=1.0 - d)
+                for g in gates:
+                    g.taylor.zero_()
+            self.taylor_steps += 1
+        super().before_step()
 
     def __del__(self) -> None:
-        self._stop_straight_through()
+        if getattr(self, '_ste', None) is not None:  # (not set when __init__ raised)
+            self._stop_straight_through()
 
     def _restore_dense(self) -> None:
         """Nothing to do: during surgery the parameters hold their dense values (the masks act on the outputs)."""
@@ -214,8 +282,12 @@ class ChannelDNS(SurgeryBase):
 
     def _update_masks(self, amount: float) -> None:
         """Hysteresis update: scores |s|/(1-δ) kept, |s|/(1+δ) masked, the lowest ``amount`` of them go."""
-        scores = [hysteresis_scores(channel_importance(g, self.cfg.importance), keep, self.cfg.band)
-                  for g, keep in zip(self.groups, self.keep)]
+        if self.taylor is not None and self.taylor_steps:
+            raw = self.taylor
+        else:  # 'taylor' before any gradient was seen (e.g. --dns-surgery-epochs 0): the default weight-based ranking
+            kind = DEFAULT_IMPORTANCE if self.taylor is not None else self.cfg.importance
+            raw = [channel_importance(g, kind) for g in self.groups]
+        scores = [hysteresis_scores(r, keep, self.cfg.band) for r, keep in zip(raw, self.keep)]
         self._set_masks(select_channels(self.groups, scores, amount, self.cfg.scope, self.cfg.round_to))
 
     def _final_cut(self) -> None:
@@ -281,9 +353,13 @@ class ChannelDNS(SurgeryBase):
     # ---- checkpoints (--resume)
 
     def state_dict(self) -> dict:
-        """CPU state: keep-masks by group, dense values of the managed parameters (during surgery), step, config, RNG."""
+        """CPU state: keep-masks by group, the managed parameters' dense values (during surgery), Taylor scores,
+        step, config, RNG."""
         dense = {} if self.frozen else {name: t.detach().cpu().clone() for ps in self.params for name, t in ps}
-        return {'granularity': 'channel', 'masks': self._masks_state(), 'dense': dense, **self._progress_state()}
+        taylor = {} if self.taylor is None else {'taylor': [t.clone() for t in self.taylor],
+                                                 'taylor_steps': self.taylor_steps}
+        return {'granularity': 'channel', 'masks': self._masks_state(), 'dense': dense, **taylor,
+                **self._progress_state()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -305,6 +381,9 @@ class ChannelDNS(SurgeryBase):
                 for name, t in ps:
                     t.copy_(state['dense'][name])
             self._start_straight_through()
+        if self.taylor is not None and 'taylor' in state:
+            self.taylor = [t.clone().float().cpu() for t in state['taylor']]
+            self.taylor_steps = int(state['taylor_steps'])
         self._ema_keep = None
         self.reset_counters()
 
