@@ -79,6 +79,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     add('--share-bits', type=share_bits, default=None,
         help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
              'fine-tune the centroids; 2 <= B <= 8')
+    add('--share-edge-bits', type=share_bits, default=None, metavar='B',
+        help='--share-bits: bits of the first conv and the Detect output convs (< 1 %% of the weights, the most '
+             'sensitive to sharing); default: as --share-bits')
     add('--share-step', choices=STEPS, default=STEPS[0],
         help="--share-bits: a centroid's LR is LR/members ('mean': its members' average step) or LR ('sum', "
              "the summed gradient as is)")
@@ -118,6 +121,8 @@ def check_share_opt(opt: argparse.Namespace) -> None:
     """--share-bits fine-tunes the centroids of trained (usually pruned) weights with fixed masks: it needs
     --weights, and it comes after DNS rather than with it (DNS changes the masks the codebooks are built on)."""
     if opt.share_bits is None:
+        if getattr(opt, 'share_edge_bits', None) is not None:
+            raise TrainingError('--share-edge-bits needs --share-bits')
         return
     if opt.dns:
         raise TrainingError('--share-bits and --dns do not combine: train with --dns first, then run '

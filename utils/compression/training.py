@@ -102,15 +102,17 @@ def make_sharing(model: nn.Module, opt: argparse.Namespace, state: dict | None =
     if state is None and opt.resume:
         raise TrainingError("--resume of a --share-bits run needs the checkpoint's 'share' state, which is missing")
     try:
-        share = WeightSharing(model, bits=opt.share_bits, step=getattr(opt, 'share_step', None) or 'mean')
+        share = WeightSharing(model, bits=opt.share_bits, step=getattr(opt, 'share_step', None) or 'mean',
+                              edge_bits=getattr(opt, 'share_edge_bits', None))
         if state is not None:
             share.load_state_dict(state)
         if ema is not None:
             share.apply_to(ema.ema)
     except ValueError as e:
         raise TrainingError(f'weight sharing: {e}') from None
-    nnz = sum(int((i != share.k).sum()) for i in share.index)
+    nnz = sum(int((i != k).sum()) for i, k in zip(share.index, share.ks))
+    edge = '' if share.edge_bits == share.bits else f', {share.edge_bits} bits for the first conv and Detect outputs'
     LOGGER.info(f"{'Resumed' if state else 'Started'} weight sharing: {share.k} centroids per layer "
-                f'({opt.share_bits} bits) on {len(share.names)} weight tensors, {nnz} non-zero weights; '
+                f'({opt.share_bits} bits{edge}) on {len(share.names)} weight tensors, {nnz} non-zero weights; '
                 f"centroids fine-tuned with the summed gradients of their weights (step '{share.step}'), zeros fixed")
     return share

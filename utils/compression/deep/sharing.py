@@ -112,25 +112,30 @@ class WeightSharing(TrainingHook):
 
     key = 'share'  # checkpoint key of state_dict()
 
-    def __init__(self, model: nn.Module, bits: int, step: str = 'mean') -> None:
-        if bits not in BITS:
-            raise ValueError(f'weight sharing needs 2 <= bits <= 8 (4 to 256 centroids per layer), got {bits}')
+    def __init__(self, model: nn.Module, bits: int, step: str = 'mean', edge_bits: int | None = None) -> None:
+        for b in (bits, bits if edge_bits is None else edge_bits):
+            if b not in BITS:
+                raise ValueError(f'weight sharing needs 2 <= bits <= 8 (4 to 256 centroids per layer), got {b}')
         if step not in STEPS:
             raise ValueError(f"centroid step must be one of {', '.join(STEPS)}, got {step!r}")
         self.step = step
         layers = prunable_layers(model)
         if not layers:
             raise ValueError('weight sharing found no Conv2d/Linear layers in the model')
-        self.bits, self.k = bits, 1 << bits
+        self.bits, self.k = bits, 1 << bits  # the body's bits and centroids per layer
+        self.edge_bits = bits if edge_bits is None else edge_bits
         self.layer_names = [name for name, _ in layers]
         self.names = [f'{name}.weight' if name else 'weight' for name in self.layer_names]
         self.modules = [module for _, module in layers]
+        edges = edge_layers(model)
+        self.layer_bits = [self.edge_bits if name in edges else bits for name in self.layer_names]
+        self.ks = [1 << b for b in self.layer_bits]  # centroids per layer; index ks[i] marks a zero
         self.codebooks, self.index = [], []
-        for module in self.modules:
+        for module, k in zip(self.modules, self.ks):
             w = module.weight.detach()
             keep = (w != 0).cpu()
-            centroids, assignment = kmeans_1d(w.cpu()[keep], self.k)
-            index = torch.full(w.shape, self.k, dtype=torch.int32)
+            centroids, assignment = kmeans_1d(w.cpu()[keep], k)
+            index = torch.full(w.shape, k, dtype=torch.int32)
             index[keep] = assignment.to(torch.int32)
             self.codebooks.append(centroids.to(w.device, torch.float32))
             self.index.append(index.to(w.device))
@@ -144,10 +149,10 @@ class WeightSharing(TrainingHook):
         """Per managed weight: the gradient of each of its 2^b centroids, the sum of its members' gradients (float32
         [2^b]; None where the weight has no gradient). The paper's rule: d loss / d centroid."""
         out = []
-        for module, index in zip(self.modules, self.index):
+        for module, index, k in zip(self.modules, self.index, self.ks):
             g = module.weight.grad
-            out.append(None if g is None else torch.zeros(self.k + 1, dtype=torch.float32, device=g.device).index_add_(
-                0, index.view(-1), g.view(-1).float())[:self.k])
+            out.append(None if g is None else torch.zeros(k + 1, dtype=torch.float32, device=g.device).index_add_(
+                0, index.view(-1), g.view(-1).float())[:k])
         return out
 
     @torch.no_grad()
@@ -158,7 +163,7 @@ class WeightSharing(TrainingHook):
             if grads is None:
                 continue
             if self.step == 'mean':
-                grads = grads / count[:self.k].to(grads.device, grads.dtype).clamp(min=1)
+                grads = grads / count[:-1].to(grads.device, grads.dtype).clamp(min=1)
             g = module.weight.grad
             g.copy_(torch.cat([grads, grads.new_zeros(1)])[index.view(-1).long()].view_as(g))
 
@@ -190,18 +195,19 @@ class WeightSharing(TrainingHook):
     # ---- codebook <-> weights ----
 
     def _count_members(self) -> None:
-        self._members = [torch.bincount(index.view(-1).long(), minlength=self.k + 1).double() for index in self.index]
+        self._members = [torch.bincount(index.view(-1).long(), minlength=k + 1).double()
+                         for index, k in zip(self.index, self.ks)]  # per cluster, the zero cluster last
 
     def _means(self, modules: list[nn.Module]) -> list[Tensor]:
         """Per layer: the mean (float64) of the member weights of each cluster; a cluster without members keeps
         this object's centroid."""
         out = []
-        for module, index, count, codebook in zip(modules, self.index, self._members, self.codebooks):
+        for module, index, count, codebook, k in zip(modules, self.index, self._members, self.codebooks, self.ks):
             w = module.weight.detach()
-            sums = torch.zeros(self.k + 1, dtype=torch.float64, device=w.device).index_add_(0, index.view(-1),
-                                                                                               w.view(-1).double())
-            means = sums[:self.k] / count[:self.k].clamp(min=1)  # exact when the members are equal (see module doc)
-            out.append(torch.where(count[:self.k] > 0, means, codebook.double()))
+            sums = torch.zeros(k + 1, dtype=torch.float64, device=w.device).index_add_(0, index.view(-1),
+                                                                                          w.view(-1).double())
+            means = sums[:k] / count[:k].clamp(min=1)  # exact when the members are equal (see module doc)
+            out.append(torch.where(count[:k] > 0, means, codebook.double()))
         return out
 
     def _read(self, modules: list[nn.Module], broadcast: bool = False) -> None:
@@ -234,20 +240,21 @@ class WeightSharing(TrainingHook):
         rows = [f"{'layer':<40}{'shape':>22}{'non-zero':>12}{'clusters':>10}{'min':>11}{'max':>11}"]
         total, used_total = 0, 0
         for name, index, count, codebook in zip(self.names, self.index, self._members, self.codebooks):
-            used = count[:self.k] > 0
-            nnz = int(count[:self.k].sum())
+            used = count[:-1] > 0
+            nnz = int(count[:-1].sum())
             c = codebook[used.to(codebook.device)]
             lo, hi = (f'{float(c.min()):>11.4g}', f'{float(c.max()):>11.4g}') if c.numel() else ('-' * 11, '-' * 11)
             rows.append(f"{name:<40}{'x'.join(map(str, index.shape)):>22}{nnz:>12}{int(used.sum()):>10}{lo}{hi}")
             total, used_total = total + nnz, used_total + int(used.sum())
-        rows.append(f"{f'total ({self.bits} bits, {self.k} centroids per layer)':<62}{total:>12}{used_total:>10}")
+        edge = '' if self.edge_bits == self.bits else f', first conv and Detect outputs {self.edge_bits} bits'
+        rows.append(f"{f'total ({self.bits} bits{edge})':<62}{total:>12}{used_total:>10}")
         return '\n'.join(rows)
 
     # ---- checkpoints (--resume) ----
 
     def state_dict(self) -> dict:
         """CPU state: bits, float32 codebooks and int16 indices (K = zero) by parameter name."""
-        return {'bits': self.bits,
+        return {'bits': self.bits, 'layer_bits': dict(zip(self.names, self.layer_bits)),
                 'codebooks': {n: c.to('cpu', copy=True) for n, c in zip(self.names, self.codebooks)},
                 'index': {n: i.to('cpu', torch.int16) for n, i in zip(self.names, self.index)}}
 
@@ -256,21 +263,38 @@ class WeightSharing(TrainingHook):
         """Restore a `state_dict()` and write its shared values into the model (one-line ValueError on mismatch)."""
         if int(state.get('bits', -1)) != self.bits:
             raise ValueError(f"weight sharing state has {state.get('bits')} bits, this run {self.bits}")
+        layer_bits = state.get('layer_bits') or dict.fromkeys(self.names, self.bits)  # written before per-layer bits
+        if [layer_bits.get(n) for n in self.names] != self.layer_bits:
+            raise ValueError(f'weight sharing state has other per-layer bits than this run (first conv and Detect '
+                             f'outputs {self.edge_bits} bits): resume with the same --share-edge-bits')
         codebooks, index = state['codebooks'], state['index']
         if set(index) != set(self.names) or set(codebooks) != set(self.names):
             raise ValueError(f'weight sharing state holds {len(index)} weights that do not match this model '
                              f'({len(self.names)} Conv2d/Linear weights)')
-        for i, (name, old) in enumerate(zip(self.names, self.index)):
-            if index[name].shape != old.shape or codebooks[name].shape != (self.k,):
+        for i, (name, old, k) in enumerate(zip(self.names, self.index, self.ks)):
+            if index[name].shape != old.shape or codebooks[name].shape != (k,):
                 raise ValueError(f'weight sharing state for {name} does not match the model weight {tuple(old.shape)}')
-            if int(index[name].min()) < 0 or int(index[name].max()) > self.k:
-                raise ValueError(f'weight sharing state for {name} has indices outside 0..{self.k}')
+            if int(index[name].min()) < 0 or int(index[name].max()) > k:
+                raise ValueError(f'weight sharing state for {name} has indices outside 0..{k}')
             self.index[i] = index[name].to(old.device, torch.int32)
             self.codebooks[i] = codebooks[name].to(self.codebooks[i].device, torch.float32)
         self._count_members()
         self._write(self.modules)
 
 
-def share_weights(model: nn.Module, bits: int, step: str = 'mean') -> WeightSharing:
+def share_weights(model: nn.Module, bits: int, step: str = 'mean', edge_bits: int | None = None) -> WeightSharing:
     """One-shot weight sharing: k-means on each Conv2d/Linear weight of ``model`` (in place); returns the codebooks."""
-    return WeightSharing(model, bits, step)
+    return WeightSharing(model, bits, step, edge_bits)
+
+
+def edge_layers(model: nn.Module) -> set[str]:
+    """Names of the layers the input and the outputs pass through alone: the first Conv2d/Linear and a Detect
+    head's output convs (any Conv2d/Linear with a bias inside the model's last layer). They hold < 1 % of a
+    YOLOv5's weights and are the most sensitive to sharing (docs/deep-compression.md)."""
+    layers = prunable_layers(model)
+    if not layers:
+        return set()
+    names = {layers[0][0]}
+    last = layers[-1][0].split('.')[:2]  # e.g. ['model', '24']
+    names |= {n for n, m in layers if n.split('.')[:2] == last and getattr(m, 'bias', None) is not None}
+    return names
