@@ -160,7 +160,8 @@ def test_share_bits_flag_errors(tmp_path):
         with pytest.raises(SystemExit):
             train.parse_opt(['--share-bits', bad])
     for argv, words in ((['--share-bits', '3'], 'needs --weights'),
-                        (['--share-bits', '3', '--weights', 'w.pt', '--dns', '--target-sparsity', '0.5'], '--dns')):
+                        (['--share-bits', '3', '--weights', 'w.pt', '--dns', '--target-sparsity', '0.5'], '--dns'),
+                        (['--share-edge-bits', '8'], '--share-edge-bits needs --share-bits')):
         with pytest.raises(SystemExit) as e:
             train.main(train.parse_opt(argv + ['--project', str(tmp_path)]))
         assert words in str(e.value) and '\n' not in str(e.value)
@@ -206,3 +207,25 @@ def test_train_share_bits_resume_saves_shared_weights(tiny_data, tmp_path, monke
             assert torch.equal(w == 0, z), name  # masks fixed
             assert w[w != 0].unique().numel() <= 8, name
     assert not all(torch.equal(load(last)['share']['codebooks'][k], state['codebooks'][k]) for k in state['codebooks'])
+
+
+def test_edge_bits_share_the_first_conv_and_detect_outputs_finer():
+    from models.yolo import DetectionModel
+    from utils.compression.deep.sharing import edge_layers
+    torch.manual_seed(0)
+    m = DetectionModel('models/yolov5n.yaml', nc=3)
+    edges = edge_layers(m)
+    assert edges == {'model.0.conv', 'model.24.m.0', 'model.24.m.1', 'model.24.m.2'}
+    share = WeightSharing(m, bits=2, edge_bits=6)
+    for name, k, w in zip(share.layer_names, share.ks, share.weights()):
+        assert k == (64 if name in edges else 4)
+        assert w[w != 0].unique().numel() <= k
+    state = share.state_dict()
+    assert state['layer_bits']['model.0.conv.weight'] == 6 and state['layer_bits']['model.1.conv.weight'] == 2
+    again = WeightSharing(m, bits=2, edge_bits=6)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(share.index, again.index))
+    with pytest.raises(ValueError, match='per-layer bits'):
+        WeightSharing(m, bits=2).load_state_dict(state)
+    with pytest.raises(ValueError, match='2 <= bits <= 8'):
+        WeightSharing(m, bits=2, edge_bits=9)
