@@ -110,8 +110,8 @@ def share_finetune(weights: Path, name: str, bits: int, opt: argparse.Namespace,
     ``name``; returns its last.pt."""
     trainer.run(weights=str(weights), data=opt.data, hyp=opt.hyp, epochs=opt.share_epochs, imgsz=opt.imgsz,
                 batch_size=opt.train_batch_size, device=opt.device, workers=opt.workers, share_bits=bits,
-                share_step=opt.share_step, project=str(save_dir / 'train'), name=name, exist_ok=True, noplots=True,
-                noval=True, noautoanchor=True, seed=opt.seeds[0])
+                share_edge_bits=opt.share_edge_bits, share_step=opt.share_step, project=str(save_dir / 'train'),
+                name=name, exist_ok=True, noplots=True, noval=True, noautoanchor=True, seed=opt.seeds[0])
     return save_dir / 'train' / name / 'weights' / 'last.pt'
 
 
@@ -280,8 +280,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
             add_deep_size(models_dir / f'{name}.pt', one(model, Row('sparse', '-', target), name))
             for b in opt.share_bits:
                 shared = release_checkpoint(load(w))['model'].float()
-                share_weights(shared, b)
-                stem = f'{name}-shared{b}'
+                share_weights(shared, b, edge_bits=opt.share_edge_bits)
+                stem = f'{name}-shared{b}' + (f'e{opt.share_edge_bits}' if opt.share_edge_bits else '')
                 add_deep_size(models_dir / f'{stem}.pt', one(shared, Row(f'shared {b}-bit', '-', target, share_bits=b),
                                                              stem))
                 if opt.share_epochs > 0:
@@ -291,6 +291,8 @@ def run(opt: argparse.Namespace) -> list[Row]:
                     add_deep_size(models_dir / f'{stem}-ft.pt', one(attempt_load(last, fuse=False), row, f'{stem}-ft'))
         return publish(rows, save_dir, f'Deep Compression rows of {" ".join(opt.share_weights)}: '
                                        f'{opt.share_epochs} epochs of centroid fine-tuning (step {opt.share_step}), '
+                                       f'first conv and Detect outputs at '
+                                       f'{opt.share_edge_bits or "the same"} bits, '
                                        f'hyp {Path(opt.hyp).name}, '
                                        f'{Path(opt.data).name}, {opt.imgsz} px. Made by `python '
                                        f'{" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}`'
@@ -371,6 +373,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='Deep Compression rows only: sparse (pruned / DNS) checkpoints to weight-share and entropy-code')
     p.add_argument('--share-bits', nargs='+', type=share_bits, default=[3, 4, 5],
                    help='--share-weights: bits per shared index, 2^B centroids per layer')
+    p.add_argument('--share-edge-bits', type=share_bits, default=None, metavar='B',
+                   help='--share-weights: bits of the first conv and the Detect output convs (default: as --share-bits)')
     p.add_argument('--share-epochs', type=int_at_least(0), default=1,
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
     p.add_argument('--share-step', choices=STEPS, default=STEPS[0],

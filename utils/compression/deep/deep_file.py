@@ -116,11 +116,13 @@ def deep_path(weights: str | Path) -> Path:
     return weights.with_name(weights.name.removesuffix('.pt') + SUFFIX)
 
 
-def export_deep(weights: str | Path, out: str | Path | None = None, bits: int | None = None) -> Path:
+def export_deep(weights: str | Path, out: str | Path | None = None, bits: int | None = None,
+                edge_bits: int | None = None) -> Path:
     """Write the entropy-coded `.deep.pt` of checkpoint ``weights`` (default name: W with suffix .deep.pt).
 
     The weights are coded losslessly as they are (shared weights from train.py --share-bits have <= 2^B values
-    per layer). ``bits`` first applies one-shot weight sharing with 2^bits centroids (k-means, no fine-tuning).
+    per layer). ``bits`` first applies one-shot weight sharing with 2^bits centroids (k-means, no fine-tuning);
+    ``edge_bits``: the first conv's and the Detect output convs' bits (default ``bits``).
     Logs the size report; returns the written path.
     """
     weights = Path(weights)
@@ -130,7 +132,7 @@ def export_deep(weights: str | Path, out: str | Path | None = None, bits: int | 
         model = ckpt['model']
         dtype = next(model.parameters()).dtype
         ckpt['model'] = model.float()
-        share_weights(ckpt['model'], bits)
+        share_weights(ckpt['model'], bits, edge_bits=edge_bits)
         ckpt['model'] = ckpt['model'].to(dtype)
     save(encode_checkpoint(ckpt), out)
     LOGGER.info(f"{colorstr('deep compression:')} {weights} -> {out}\n{deep_report(out).table()}")
@@ -143,13 +145,17 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--weights', nargs='+', required=True, help='checkpoint path(s), e.g. best.pt')
     parser.add_argument('--bits', type=int, choices=range(2, 9), default=None,
                         help='share weights first (one-shot k-means, 2^bits centroids per layer, no fine-tuning)')
+    parser.add_argument('--edge-bits', type=int, choices=range(2, 9), default=None,
+                        help='--bits: bits of the first conv and the Detect output convs (default: as --bits)')
     return parser.parse_args(argv)
 
 
 def main(opt: argparse.Namespace) -> list[Path]:
     set_logging()
     try:
-        return [export_deep(w, bits=opt.bits) for w in opt.weights]
+        if opt.edge_bits is not None and opt.bits is None:
+            raise ValueError('--edge-bits needs --bits')
+        return [export_deep(w, bits=opt.bits, edge_bits=opt.edge_bits) for w in opt.weights]
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f'ERROR: {e}') from None
 
