@@ -115,11 +115,30 @@ def test_channel_dns_interrupt_resume_keeps_masks_then_shrinks(tiny_data, tmp_pa
 
 
 @pytest.mark.slow
+def test_channel_dns_taylor_resume_mid_surgery(tiny_data, tmp_path, monkeypatch):
+    signal_at(monkeypatch, 4)  # epoch 1 of a 3-epoch surgery: masks still move, the model holds dense values
+    dns = ['--weights', str(SHIPPED), '--dns', '--dns-granularity', 'channel', '--target-sparsity', '0.3',
+           '--dns-surgery-epochs', '3', '--prune-importance', 'taylor', '--noautoanchor']
+    assert run_main(args(tiny_data, tmp_path, *dns, epochs=4)) == 128 + signal.SIGTERM
+    last = tmp_path / 'exp' / 'weights' / 'last.pt'
+    state = load(last)['dns']
+    assert not state['frozen'] and state['dense'] and len(state['taylor']) == len(state['masks'])
+    assert channels(last) == channels(SHIPPED)  # mid-surgery checkpoints keep every channel (zeroed in the EMA copy)
+    monkeypatch.undo()
+    assert run_main(['--resume', str(last)]) is None
+    final = load(last)
+    assert channels(last) < channels(SHIPPED) and 'dns' not in final  # cut, shrunk and released at the end
+    header, rows = read_csv(tmp_path / 'exp' / 'results.csv')
+    assert [r[0] for r in rows] == ['0', '1', '2', '3'] and 'dns/spliced' in [h.strip() for h in header]
+
+
+@pytest.mark.slow
 def test_ddp_two_processes_gloo_channel_dns(tiny_data, tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
            str(ROOT / 'train.py'), *args(tiny_data, tmp_path, '--device', 'cpu', '--noval', '--weights', str(SHIPPED),
                                           '--noautoanchor', '--dns', '--dns-granularity', 'channel',
-                                          '--target-sparsity', '0.3', '--prune-round', '8')]
+                                          '--target-sparsity', '0.3', '--prune-round', '8',
+                                          '--prune-importance', 'taylor')]  # straight-through masks + Taylor hooks
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
