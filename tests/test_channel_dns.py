@@ -114,6 +114,7 @@ def test_masked_channel_is_spliced_back():
         bn.weight.data[c] = 100.0
     fake_step(dns, grow)
     assert bool(dns.keep[gi][c]) and dns.summary()['spliced'] >= 1
+    assert dns.returned() >= 1 and 'returned' in dns.layer_table()  # masked once, kept now
     assert float(bn.weight.detach()[c]) == 100.0  # the spliced channel is live again with its learned value
     assert sum(int((~k).sum()) for k in dns.keep) == round(0.25 * dns._numel)  # still exactly the target
     dns.apply_to(ema)  # the EMA copy held the channel at 0: it gets the training model's value
@@ -233,6 +234,7 @@ def test_taylor_scores_are_the_first_order_loss_change():
     dns2 = ChannelDNS(masked_copy(m, dns), target=0.25, surgery_steps=100, importance='taylor')
     dns2.load_state_dict(state)
     assert dns2.taylor_steps == 2 and all(torch.equal(a, b) for a, b in zip(dns.taylor, dns2.taylor))
+    assert all(torch.equal(a, b) for a, b in zip(dns.ever_off, dns2.ever_off))
 
 
 def test_taylor_importance_splices_the_channel_the_loss_wants():

@@ -222,6 +222,7 @@ class ChannelDNS(SurgeryBase):
         # channels already off stay off at first
         super().__init__(cfg, [g.name for g in self.groups], zero_channel_masks(self.groups),
                          s_init_from_masks=s_init is None)
+        self.ever_off = [~k for k in self.keep]  # per group: channels masked at some point of this run
         self._start_straight_through()
 
     # ---- step hooks (SurgeryBase.before_step / after_step / finish call these)
@@ -304,6 +305,7 @@ class ChannelDNS(SurgeryBase):
             keep = list(flat.bool().cpu().split([k.numel() for k in keep]))
         for i, new in enumerate(keep):
             self._replace_mask(i, new.clone())
+            self.ever_off[i] |= ~self.keep[i]
         self._count_masked()
         if not self.frozen:
             self._start_straight_through()
@@ -342,12 +344,24 @@ class ChannelDNS(SurgeryBase):
         """Masked channels output 0: remove them from the saved model, a physically smaller one."""
         return f'{Path(f).name}: {shrink_checkpoint(f)}'
 
+    def returned(self) -> int:
+        """Channels that were masked at some point of this run and are kept now (spliced back and stayed)."""
+        return sum(int((k & off).sum()) for k, off in zip(self.keep, self.ever_off))
+
+    def epoch_columns(self, model: nn.Module) -> dict[str, float | int]:
+        """SurgeryBase's columns plus dns/returned: kept channels that were masked at some point (see `returned`)."""
+        return {**super().epoch_columns(model), 'dns/returned': self.returned()}
+
     def layer_table(self) -> str:
-        """Per-group table: first producer, channels, masked fraction, pruned/spliced since reset_counters()."""
-        rows = [f"{'channel group (first producer)':<40}{'channels':>10}{'masked':>10}{'pruned':>10}{'spliced':>10}"]
-        for name, keep, p, s in zip(self.names, self.keep, self._pruned_count, self._spliced_count):
-            rows.append(f'{name:<40}{keep.numel():>10}{1 - keep.float().mean().item():>10.1%}{int(p):>10}{int(s):>10}')
-        rows.append(self._total_row(10))
+        """Per-group table: first producer, channels, masked fraction, pruned/spliced since reset_counters(), and
+        the kept channels that were masked at some point."""
+        rows = [f"{'channel group (first producer)':<40}{'channels':>10}{'masked':>10}{'pruned':>10}{'spliced':>10}"
+                f"{'returned':>10}"]
+        for name, keep, p, s, off in zip(self.names, self.keep, self._pruned_count, self._spliced_count,
+                                         self.ever_off):
+            rows.append(f'{name:<40}{keep.numel():>10}{1 - keep.float().mean().item():>10.1%}{int(p):>10}{int(s):>10}'
+                        f'{int((keep & off).sum()):>10}')
+        rows.append(self._total_row(10) + f'{self.returned():>10}')
         return '\n'.join(rows)
 
     # ---- checkpoints (--resume)
@@ -358,7 +372,8 @@ class ChannelDNS(SurgeryBase):
         dense = {} if self.frozen else {name: t.detach().cpu().clone() for ps in self.params for name, t in ps}
         taylor = {} if self.taylor is None else {'taylor': [t.clone() for t in self.taylor],
                                                  'taylor_steps': self.taylor_steps}
-        return {'granularity': 'channel', 'masks': self._masks_state(), 'dense': dense, **taylor,
+        ever_off = {n: off.clone() for n, off in zip(self.names, self.ever_off)}
+        return {'granularity': 'channel', 'masks': self._masks_state(), 'dense': dense, 'ever_off': ever_off, **taylor,
                 **self._progress_state()}
 
     @torch.no_grad()
@@ -372,6 +387,9 @@ class ChannelDNS(SurgeryBase):
                              f'({len(self.names)} groups)')
         self._load_progress(state)
         self.keep = [masks[n].bool().cpu().clone() for n in self.names]
+        ever_off = state.get('ever_off') or {}  # (not in states written before it existed)
+        self.ever_off = [ever_off[n].bool().cpu().clone() if n in ever_off else ~k
+                         for n, k in zip(self.names, self.keep)]
         self._count_masked()
         if self.frozen:
             self._stop_straight_through()
