@@ -49,7 +49,7 @@ from utils.comparison import Row, merge, read_csv, unique_stems, write_all
 from utils.compression.channel.dns import DNS_IMPORTANCES
 from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, IMPORTANCES, prune_channels, resolve_round
 from utils.compression.deep.deep_file import deep_report, export_deep
-from utils.compression.deep.sharing import STEPS, share_weights
+from utils.compression.deep.sharing import EDGE_BITS, STEPS, share_weights
 from utils.compression.options import share_bits
 from utils.data_yaml import check_dataset
 from utils.downloads import DownloadError, attempt_download
@@ -281,7 +281,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
             for b in opt.share_bits:
                 shared = release_checkpoint(load(w))['model'].float()
                 share_weights(shared, b, edge_bits=opt.share_edge_bits)
-                stem = f'{name}-shared{b}' + (f'e{opt.share_edge_bits}' if opt.share_edge_bits else '')
+                stem = f'{name}-shared{b}' + (f'e{opt.share_edge_bits}' if opt.share_edge_bits != b else '')
                 add_deep_size(models_dir / f'{stem}.pt', one(shared, Row(f'shared {b}-bit', '-', target, share_bits=b),
                                                              stem))
                 if opt.share_epochs > 0:
@@ -292,7 +292,7 @@ def run(opt: argparse.Namespace) -> list[Row]:
         return publish(rows, save_dir, f'Deep Compression rows of {" ".join(opt.share_weights)}: '
                                        f'{opt.share_epochs} epochs of centroid fine-tuning (step {opt.share_step}), '
                                        f'first conv and Detect outputs at '
-                                       f'{opt.share_edge_bits or "the same"} bits, '
+                                       f'{opt.share_edge_bits} bits, '
                                        f'hyp {Path(opt.hyp).name}, '
                                        f'{Path(opt.data).name}, {opt.imgsz} px. Made by `python '
                                        f'{" ".join(sys.argv) if sys.argv[0].endswith("compare.py") else "compare.py"}`'
@@ -373,8 +373,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='Deep Compression rows only: sparse (pruned / DNS) checkpoints to weight-share and entropy-code')
     p.add_argument('--share-bits', nargs='+', type=share_bits, default=[3, 4, 5],
                    help='--share-weights: bits per shared index, 2^B centroids per layer')
-    p.add_argument('--share-edge-bits', type=share_bits, default=None, metavar='B',
-                   help='--share-weights: bits of the first conv and the Detect output convs (default: as --share-bits)')
+    p.add_argument('--share-edge-bits', type=share_bits, default=EDGE_BITS, metavar='B',
+                   help=f'--share-weights: bits of the first conv and the Detect output convs (default {EDGE_BITS})')
     p.add_argument('--share-epochs', type=int_at_least(0), default=1,
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
     p.add_argument('--share-step', choices=STEPS, default=STEPS[0],

@@ -94,7 +94,7 @@ def test_compare_share_weights_rows(tiny_data, tmp_path):
     assert [r.method for r in rows] == ['sparse', 'shared 3-bit', 'shared 3-bit+ft']
     assert all(abs(r.sparsity - 0.7) < 0.01 for r in rows)
     assert all(r.ratio_fp32 > 10 for r in rows[1:])  # 3-bit indices, coded positions: >10x under the FP32 file
-    shared = torch.load(tmp_path / 'compare' / 'models' / 'sparse70-shared3-ft.pt', map_location='cpu',
+    shared = torch.load(tmp_path / 'compare' / 'models' / 'sparse70-shared3e8-ft.pt', map_location='cpu',
                         weights_only=False)['model'].float()
     conv = shared.model[2].cv1.conv.weight
     assert conv[conv != 0].unique().numel() <= 8  # the fine-tuned file holds exactly 2^3 shared values per layer

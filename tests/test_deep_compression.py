@@ -84,7 +84,7 @@ def test_round_trip_unshared_fp32_with_signed_zeros_and_nan(tmp_path):
 def deep_file(tmp_path_factory) -> tuple[Path, dict]:
     d = tmp_path_factory.mktemp('deep')
     model = small_model(MODELS / 'yolov5n.yaml', seed=2, sparsity=0.9)
-    share_weights(model, 3)
+    share_weights(model, 3, edge_bits=None)  # one width everywhere: the report test checks 3-bit codes
     save(make_checkpoint(model), d / 'm.pt')
     return export_deep(d / 'm.pt'), load(d / 'm.pt')['model'].state_dict()
 
@@ -139,8 +139,11 @@ def test_cli_and_errors(deep_file, tmp_path, capsys):
     assert deep_path('runs/x/best.pt') == Path('runs/x/best.deep.pt')
     src = file.with_name('m.pt')
     assert main(parse_opt(['--weights', str(src), '--bits', '2'])) == [file]
-    assert all(len(torch.unique(w[w != 0])) <= 4 for n, w in load(file)['model'].state_dict().items()
-               if n.endswith('conv.weight'))
+    weights = {n: w for n, w in load(file)['model'].state_dict().items() if n.endswith('conv.weight')}
+    assert all(len(torch.unique(w[w != 0])) <= (256 if n == 'model.0.conv.weight' else 4) for n, w in weights.items())
+    assert main(parse_opt(['--weights', str(src), '--bits', '2', '--edge-bits', '2'])) == [file]
+    weights = {n: w for n, w in load(file)['model'].state_dict().items() if n.endswith('.weight') and w.dim() == 4}
+    assert all(len(torch.unique(w[w != 0])) <= 4 for w in weights.values())  # one width everywhere
     with pytest.raises(SystemExit) as e:
         main(parse_opt(['--weights', str(tmp_path / 'missing.pt')]))
     assert 'not found' in str(e.value)

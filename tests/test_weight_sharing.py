@@ -46,7 +46,7 @@ class Tiny(nn.Module):
         return self.fc(self.conv(x).flatten(1))
 
 
-def tiny_pruned() -> Tiny:
+def tiny_pruned() -> Tiny:  # (both its layers are edge layers: the tests pass edge_bits=None, one width)
     m = Tiny()
     with torch.no_grad():
         for layer in (m.conv, m.fc):
@@ -58,7 +58,7 @@ def tiny_pruned() -> Tiny:
 def test_sharing_keeps_zeros_and_uses_at_most_k_values():
     m = tiny_pruned()
     zeros = [layer.weight == 0 for layer in (m.conv, m.fc)]
-    share = WeightSharing(m, bits=2)
+    share = WeightSharing(m, bits=2, edge_bits=None)
     for layer, z in zip((m.conv, m.fc), zeros):
         assert torch.equal(layer.weight == 0, z)  # zeros stay zeros, nothing else becomes zero
         assert layer.weight[~z].unique().numel() <= 4
@@ -68,7 +68,7 @@ def test_sharing_keeps_zeros_and_uses_at_most_k_values():
 @pytest.mark.parametrize('step', ['sum', 'mean'])
 def test_centroid_gradient_is_sum_of_member_gradients(step):
     m = tiny_pruned()
-    share = WeightSharing(m, bits=2, step=step)
+    share = WeightSharing(m, bits=2, step=step, edge_bits=None)
     x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1))
     m(x).square().sum().backward()
     raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
@@ -88,7 +88,7 @@ def test_centroid_gradient_is_sum_of_member_gradients(step):
 
 def test_mean_step_moves_a_centroid_by_its_members_average_sgd_step():
     m = tiny_pruned()
-    share = WeightSharing(m, bits=3)
+    share = WeightSharing(m, bits=3, edge_bits=None)
     before = [c.clone() for c in share.codebooks]
     m(torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(4))).square().sum().backward()
     raw = [layer.weight.grad.clone() for layer in (m.conv, m.fc)]
@@ -109,7 +109,7 @@ def test_bad_centroid_step():
 
 def test_optimizer_step_moves_centroids_and_keeps_sharing():
     m = tiny_pruned()
-    share = WeightSharing(m, bits=3)
+    share = WeightSharing(m, bits=3, edge_bits=None)
     before = [c.clone() for c in share.codebooks]
     zeros = [layer.weight == 0 for layer in (m.conv, m.fc)]
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -129,7 +129,7 @@ def test_optimizer_step_moves_centroids_and_keeps_sharing():
 
 def test_apply_to_ema_and_state_round_trip():
     m = tiny_pruned()
-    share = WeightSharing(m, bits=2)
+    share = WeightSharing(m, bits=2, edge_bits=None)
     ema = Tiny()
     ema.load_state_dict(m.state_dict())
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_apply_to_ema_and_state_round_trip():
     assert w[w != 0].unique().numel() <= 4 and torch.equal(w == 0, m.conv.weight == 0)
     state = share.state_dict()
     other = Tiny()  # different random weights: the state decides the shared values
-    restored = WeightSharing(other, bits=2)
+    restored = WeightSharing(other, bits=2, edge_bits=None)
     restored.load_state_dict(state)
     assert torch.equal(other.conv.weight, m.conv.weight) and torch.equal(other.fc.weight, m.fc.weight)
     with pytest.raises(ValueError, match='bits'):
@@ -205,7 +205,7 @@ def test_train_share_bits_resume_saves_shared_weights(tiny_data, tmp_path, monke
         for name, z in zeros.items():
             w = params[name].detach()
             assert torch.equal(w == 0, z), name  # masks fixed
-            assert w[w != 0].unique().numel() <= 8, name
+            assert w[w != 0].unique().numel() <= 2 ** saved['share']['layer_bits'][name], name  # 3 bits, edges 8
     assert not all(torch.equal(load(last)['share']['codebooks'][k], state['codebooks'][k]) for k in state['codebooks'])
 
 
@@ -222,10 +222,13 @@ def test_edge_bits_share_the_first_conv_and_detect_outputs_finer():
         assert w[w != 0].unique().numel() <= k
     state = share.state_dict()
     assert state['layer_bits']['model.0.conv.weight'] == 6 and state['layer_bits']['model.1.conv.weight'] == 2
-    again = WeightSharing(m, bits=2, edge_bits=6)
+    again = WeightSharing(m, bits=2, edge_bits=None)  # uniform 2 bits; resuming adopts the state's bits
     again.load_state_dict(state)
+    assert again.ks == share.ks and again.edge_bits == 6
     assert all(torch.equal(a, b) for a, b in zip(share.index, again.index))
-    with pytest.raises(ValueError, match='per-layer bits'):
-        WeightSharing(m, bits=2).load_state_dict(state)
+    assert WeightSharing(m, bits=3).edge_bits == 8  # the default: Han et al.'s 8 bits for the edge layers
+    legacy = {k: v for k, v in state.items() if k != 'layer_bits'}
+    with pytest.raises(ValueError, match='does not match'):  # a uniform 2-bit state cannot hold 64-entry codebooks
+        WeightSharing(m, bits=2).load_state_dict(legacy)
     with pytest.raises(ValueError, match='2 <= bits <= 8'):
         WeightSharing(m, bits=2, edge_bits=9)

@@ -10,7 +10,7 @@ from dataclasses import fields
 from utils.cli import float_in, int_at_least, round_multiple
 from utils.compression.channel.dns import DNS_IMPORTANCES
 from utils.compression.channel.pruning import DEFAULT_IMPORTANCE
-from utils.compression.deep.sharing import BITS, STEPS
+from utils.compression.deep.sharing import BITS, EDGE_BITS, STEPS
 from utils.compression.layers import GRANULARITIES, SCOPES
 from utils.compression.surgery import DNSConfig
 from utils.train_utils import TrainingError
@@ -80,8 +80,8 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
         help='share 2^B values per Conv layer (k-means on the non-zero weights of --weights, zeros kept) and '
              'fine-tune the centroids; 2 <= B <= 8')
     add('--share-edge-bits', type=share_bits, default=None, metavar='B',
-        help='--share-bits: bits of the first conv and the Detect output convs (< 1 %% of the weights, the most '
-             'sensitive to sharing); default: as --share-bits')
+        help=f'--share-bits: bits of the first conv and the Detect output convs (< 1.5 %% of the weights, the most '
+             f'sensitive to sharing; default {EDGE_BITS}; = --share-bits for one width everywhere)')
     add('--share-step', choices=STEPS, default=STEPS[0],
         help="--share-bits: a centroid's LR is LR/members ('mean': its members' average step) or LR ('sum', "
              "the summed gradient as is)")

@@ -12,7 +12,7 @@ from torch import nn
 from utils.compression.channel.dns import ChannelDNS
 from utils.compression.channel.pruning import resolve_round
 from utils.compression.channel.slimming import Slimming
-from utils.compression.deep.sharing import WeightSharing
+from utils.compression.deep.sharing import EDGE_BITS, WeightSharing
 from utils.compression.hooks import TrainingHook, TrainingHooks
 from utils.compression.weight.dns import DNS
 from utils.compression.weight.magnitude import sparsity
@@ -103,7 +103,7 @@ def make_sharing(model: nn.Module, opt: argparse.Namespace, state: dict | None =
         raise TrainingError("--resume of a --share-bits run needs the checkpoint's 'share' state, which is missing")
     try:
         share = WeightSharing(model, bits=opt.share_bits, step=getattr(opt, 'share_step', None) or 'mean',
-                              edge_bits=getattr(opt, 'share_edge_bits', None))
+                              edge_bits=getattr(opt, 'share_edge_bits', None) or EDGE_BITS)
         if state is not None:
             share.load_state_dict(state)
         if ema is not None:

@@ -19,7 +19,7 @@ import torch
 
 from utils.checkpoint import CheckpointError, load, load_bytes, release_checkpoint, save
 from utils.compression.deep.codec import DEEP_KEY, SUFFIX, _fill, encode_checkpoint, is_deep, read_inner
-from utils.compression.deep.sharing import share_weights
+from utils.compression.deep.sharing import EDGE_BITS, share_weights
 from utils.general import LOGGER, colorstr, set_logging
 
 
@@ -117,12 +117,12 @@ def deep_path(weights: str | Path) -> Path:
 
 
 def export_deep(weights: str | Path, out: str | Path | None = None, bits: int | None = None,
-                edge_bits: int | None = None) -> Path:
+                edge_bits: int | None = EDGE_BITS) -> Path:
     """Write the entropy-coded `.deep.pt` of checkpoint ``weights`` (default name: W with suffix .deep.pt).
 
     The weights are coded losslessly as they are (shared weights from train.py --share-bits have <= 2^B values
     per layer). ``bits`` first applies one-shot weight sharing with 2^bits centroids (k-means, no fine-tuning);
-    ``edge_bits``: the first conv's and the Detect output convs' bits (default ``bits``).
+    ``edge_bits``: the first conv's and the Detect output convs' bits (None: ``bits``).
     Logs the size report; returns the written path.
     """
     weights = Path(weights)
@@ -146,7 +146,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--bits', type=int, choices=range(2, 9), default=None,
                         help='share weights first (one-shot k-means, 2^bits centroids per layer, no fine-tuning)')
     parser.add_argument('--edge-bits', type=int, choices=range(2, 9), default=None,
-                        help='--bits: bits of the first conv and the Detect output convs (default: as --bits)')
+                        help=f'--bits: bits of the first conv and the Detect output convs (default {EDGE_BITS})')
     return parser.parse_args(argv)
 
 
@@ -155,7 +155,7 @@ def main(opt: argparse.Namespace) -> list[Path]:
     try:
         if opt.edge_bits is not None and opt.bits is None:
             raise ValueError('--edge-bits needs --bits')
-        return [export_deep(w, bits=opt.bits, edge_bits=opt.edge_bits) for w in opt.weights]
+        return [export_deep(w, bits=opt.bits, edge_bits=opt.edge_bits or EDGE_BITS) for w in opt.weights]
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f'ERROR: {e}') from None
 
