@@ -40,16 +40,9 @@ from torch.nn import functional as F
 
 from models.common import Conv
 from utils.compression.channel.groups import ChannelGroup, Producer, channel_groups
-from utils.compression.channel.pruning import (
-    DEFAULT_IMPORTANCE,
-    IMPORTANCES,
-    channel_importance,
-    select_channels,
-    shrink_checkpoint,
-    shrink_zero_channels,
-    zero_channel_fraction,
-    zero_channel_masks,
-)
+from utils.compression.channel.pruning import (DEFAULT_IMPORTANCE, IMPORTANCES, channel_importance, select_channels,
+                                               shrink_checkpoint, shrink_zero_channels, zero_channel_fraction,
+                                               zero_channel_masks)
 from utils.compression.layers import de_parallel, distributed
 from utils.compression.surgery import DNSConfig, SurgeryBase, hysteresis_scores
 from utils.general import LOGGER, colorstr
