@@ -155,9 +155,10 @@ class _StraightThrough:
 
 
 def _taylor_hook(value: Tensor, acc: Tensor):
-    """Tensor hook: acc += sum over batch and positions of value * grad (per channel)."""
+    """Tensor hook: acc += sum over batch and positions of value * grad (per channel), in float32 (under AMP the
+    FP16 products of GradScaler-scaled gradients would overflow)."""
     def hook(grad: Tensor) -> None:
-        acc.add_((value * grad).sum((0, 2, 3)).float())
+        acc.add_((value.float() * grad.float()).sum((0, 2, 3)))
     return hook
 
 
