@@ -61,6 +61,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from models.yolo import Detect
 from utils.compression.hooks import TrainingHook
 from utils.compression.layers import de_parallel, distributed, prunable_layers
 from utils.general import colorstr
@@ -298,13 +299,13 @@ def share_weights(model: nn.Module, bits: int, step: str = 'mean', edge_bits: in
 
 
 def edge_layers(model: nn.Module) -> set[str]:
-    """Names of the layers the input and the outputs pass through alone: the first Conv2d/Linear and a Detect
-    head's output convs (any Conv2d/Linear with a bias inside the model's last layer). They hold < 1 % of a
-    YOLOv5's weights and are the most sensitive to sharing (docs/deep-compression.md)."""
+    """Names of the layers the input and the outputs pass through alone: the first Conv2d/Linear and the output
+    convs of every Detect head. They hold < 1.5 % of a YOLOv5's non-zero weights and are the most sensitive to
+    sharing (docs/deep-compression.md)."""
     layers = prunable_layers(model)
     if not layers:
         return set()
     names = {layers[0][0]}
-    last = layers[-1][0].split('.')[:2]  # e.g. ['model', '24']
-    names |= {n for n, m in layers if n.split('.')[:2] == last and getattr(m, 'bias', None) is not None}
-    return names
+    heads = [m for m in de_parallel(model).modules() if isinstance(m, Detect)]
+    out_convs = {id(c) for h in heads for c in h.m}
+    return names | {n for n, m in layers if id(m) in out_convs}
