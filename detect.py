@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.backend import fixed_input, is_onnx
+from models.backend import fixed_input, is_exported, is_onnx
 from models.experimental import load_weights, prepare_model
 from utils.checkpoint import CheckpointError, strip_optimizer
 from utils.cli import add_prune_args, fraction, int_at_least
@@ -117,7 +117,8 @@ def load_model(weights: list[str], device: torch.device, half: bool, prune_amoun
     Pruning before fusing ranks the trained conv weights (what a pruned checkpoint holds; val.py does the same);
     fusing keeps zeros zero. ``prune_kw``: prune_granularity, prune_importance, prune_round (see prepare_model).
     Returns the model and its sparsity (logged by prune(), or here when not pruning).
-    One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime, or OpenCV DNN if ``dnn``; sparsity None).
+    One export gives a models.backend.ExportedModel (an .onnx in ONNX Runtime, or OpenCV DNN if ``dnn``; an
+    OpenVINO folder or .xml in OpenVINO; sparsity None).
     """
     return prepare_model(load_weights(weights, device, dnn), device, half, prune_amount, prune_scope, **prune_kw)
 
@@ -228,10 +229,11 @@ def run(
         LOGGER.info('--half is for CUDA devices only: running FP32 on CPU')
     half = half and device.type != 'cpu'
     onnx = any(is_onnx(w) for w in weights)
+    exported = any(is_exported(w) for w in weights)
     if dnn and not onnx:
         LOGGER.info('--dnn selects OpenCV DNN for ONNX models; PyTorch .pt weights run with PyTorch (flag ignored)')
-    if update and onnx:
-        LOGGER.info('--update strips the optimizer from .pt weights: ignored for an ONNX file')
+    if update and exported:
+        LOGGER.info('--update strips the optimizer from .pt weights: ignored for an exported model')
         update = False
     model, report = load_model(weights, device, half, prune, prune_scope, dnn, prune_granularity=prune_granularity,
                                prune_importance=prune_importance, prune_round=prune_round)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.backend import fixed_input, is_onnx
+from models.backend import fixed_input, is_exported, is_onnx
 from models.experimental import prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import add_prune_args, fraction, int_at_least
@@ -353,8 +353,8 @@ def sparsity_sweep(data: str | Path | dict | None = None, weights: list | str | 
     src = str(data) if isinstance(data, (str, Path)) else ''
     data = check_dataset(data)
     amounts = [float(a) for a in (sweep_amounts() if amounts is None else amounts)]
-    if any(is_onnx(w) for w in wlist):
-        raise ValueError('--task sparsity prunes PyTorch weights: pass the .pt file, not the ONNX export')
+    if any(is_exported(w) for w in wlist):
+        raise ValueError('--task sparsity prunes PyTorch weights: pass the .pt file, not an export')
     bases = [(Path(w).stem, load_unfused([w], data, single_cls, src)) for w in wlist] or \
             [(f'{Path(DEFAULT_CFG).stem}-random', load_unfused([], data, single_cls))]
     stride = max(max(int(b.stride.max()) for _, b in bases), 32)

@@ -13,9 +13,10 @@ exported at the shape (fixed batch and size, opset 17) and quantized like `expor
 --calib-images images of the embedded set: timing does not depend on the ranges). Timing: latency_bench.timings
 (interleaved rounds, fastest run), ONNX Runtime sessions with its default thread count and spinning off.
 Ratios: each row against dense FP32 in ONNX Runtime and against dense FP32 in PyTorch, measured in the same run.
-With --openvino (optional package) every file also runs in OpenVINO (LATENCY hint): in FP32 (precision hint f32),
-with OpenVINO's default precision (bf16 on CPUs with AMX/AVX512-BF16: what a user gets without asking), and the
-QDQ INT8 file; the strongest dense CPU runtime a user could pick instead.
+With --openvino (optional packages openvino, nncf) every file also runs in OpenVINO (LATENCY hint): in FP32 (precision
+hint f32), with OpenVINO's default precision (bf16 on CPUs with AMX/AVX512-BF16: what a user gets without asking),
+and as `export.py --include openvino --int8` writes it (NNCF, preset mixed; with --ov-presets also others): the
+strongest dense CPU runtime a user could pick instead, and its INT8 path.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from utils.comparison import unique_stems  # noqa: E402
 from utils.compression.quant.ptq import CalibrationImages, quantize_onnx  # noqa: E402
 from utils.data_yaml import check_dataset  # noqa: E402
 from utils.onnx_export import export_onnx  # noqa: E402
+from utils.openvino_export import export_openvino  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 
@@ -74,11 +76,13 @@ def parse_shape(s: str) -> tuple[int, int]:
 
 
 def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], shapes: list[tuple[int, int]],
-        repeats: int, calib_images: int, names: list[str] | None = None, openvino: bool = False) -> list[dict]:
+        repeats: int, calib_images: int, names: list[str] | None = None, openvino: bool = False,
+        ov_presets: tuple[str, ...] = ('mixed',)) -> list[dict]:
     """Print one table per model and shape; returns rows {model, variant, precision, batch, imgsz, ms, ...}.
 
     ``names``: the variant names of weights[1:] (default: their run-folder names, utils.comparison.unique_stems).
-    ``openvino``: also time every file in OpenVINO (FP32, and its reading of the QDQ INT8 file).
+    ``openvino``: also time every file in OpenVINO (FP32, its default precision, and NNCF INT8 at each of
+    ``ov_presets``).
     """
     kept = keep_freed_memory()
     width = channel_multiple('cpu')
@@ -93,8 +97,8 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
         models[Path(cfg).stem] = ladder(DetectionModel(cfg).eval(), flops, width)
     import onnxruntime as ort
 
-    if openvino and importlib.util.find_spec('openvino') is None:
-        print('openvino not installed (pip install openvino): no OpenVINO rows')
+    if openvino and not all(importlib.util.find_spec(m) for m in ('openvino', 'nncf')):
+        print('openvino / nncf not installed (pip install openvino nncf): no OpenVINO rows')
         openvino = False
     ov_default = ''
     if openvino:
@@ -103,7 +107,7 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
         hint = ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT')  # an ov.Type, e.g. bf16 or f32
         ov_default = {'bf16': 'BF16', 'f32': 'FP32', 'f16': 'FP16'}.get(hint.get_type_name(), hint.get_type_name())
         print(f"OpenVINO {ov.__version__}: FP32 rows with INFERENCE_PRECISION_HINT f32; its default on this CPU is "
-              f"{ov_default} ('{ov_default} OpenVINO' rows); INT8 rows read the QDQ file")
+              f"{ov_default} ('{ov_default} OpenVINO' rows); INT8 rows: NNCF preset {', '.join(ov_presets)}")
 
     train = check_dataset(ROOT / 'data' / 'shapes.yaml')['train']
     print(f'torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__} (default '
@@ -126,21 +130,26 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
                     for precision, file in (('FP32 ORT', f), ('INT8 ORT', q)):
                         session = ort_cpu_session(file)
                         runners[(name, precision)] = lambda s=session: s.run(None, feed)
-                    ov_rows = [('FP32 OpenVINO', f, 'f32'), (f'{ov_default} OpenVINO', f, ''), ('INT8 OpenVINO', q, '')]
-                    ov_rows = [r for i, r in enumerate(ov_rows) if i != 1 or ov_default != 'FP32']  # no twin row
+                    ov_rows = [('FP32 OpenVINO', f, 'f32')] + [(f'{ov_default} OpenVINO', f, '')] * (ov_default != 'FP32')
+                    for preset in ov_presets if openvino else ():
+                        calib = CalibrationImages(train, (imgsz, imgsz), calib_images, batch)
+                        d, _ = export_openvino(f, f.with_name(f'{f.stem}-{preset}.pt'), {'stride': 32, 'names': {}},
+                                               calib=calib, preset=preset)
+                        ov_rows.append((f'INT8 OpenVINO' + (f' {preset}' if len(ov_presets) > 1 else ''),
+                                        next(d.glob('*.xml')), ''))
                     for precision, file, hint in ov_rows if openvino else ():
                         runners[(name, precision)] = openvino_runner(file, feed, hint)
                     info[name] = (sum(p.numel() for p in m.parameters()), model_flops(m, 640))
                 t = {k: min(v) for k, v in timings(runners, torch.device('cpu'), repeats).items()}
                 base_ort, base_torch = t[('dense', 'FP32 ORT')], t[('dense', 'FP32 torch')]
-                print(f"\n{model_name}, batch {batch} at {imgsz} px\n{'variant':<24}{'runtime':<12}{'params':>11}"
+                print(f"\n{model_name}, batch {batch} at {imgsz} px\n{'variant':<24}{'runtime':<26}{'params':>11}"
                       f"{'GFLOPs@640':>11}{'ms/img':>10}{'vs FP32 ORT':>13}{'vs FP32 torch':>15}")
                 for (name, precision), s in t.items():
                     row = {'model': model_name, 'variant': name, 'precision': precision, 'batch': batch,
                            'imgsz': imgsz, 'params': info[name][0], 'gflops': info[name][1], 'ms': s * 1e3 / batch,
                            'vs_ort': base_ort / s, 'vs_torch': base_torch / s}
                     rows.append(row)
-                    print(f"{name:<24}{precision:<12}{row['params']:>11,}{row['gflops']:>11.2f}{row['ms']:>10.2f}"
+                    print(f"{name:<24}{precision:<26}{row['params']:>11,}{row['gflops']:>11.2f}{row['ms']:>10.2f}"
                           f"{row['vs_ort']:>12.2f}x{row['vs_torch']:>14.2f}x", flush=True)
     return rows
 
@@ -154,11 +163,14 @@ def main() -> None:
     p.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
     p.add_argument('--calib-images', type=int, default=32, help='calibration images per INT8 file')
     p.add_argument('--openvino', action='store_true',
-                   help='also time OpenVINO (optional package: pip install openvino)')
+                   help='also time OpenVINO (optional packages: pip install openvino nncf)')
+    p.add_argument('--ov-presets', nargs='+', default=['mixed'], choices=['mixed', 'performance'],
+                   help='NNCF presets of the INT8 OpenVINO rows')
     opt = p.parse_args()
     if not opt.weights and opt.cfgs is None:
         opt.cfgs = ['yolov5n.yaml', 'yolov5s.yaml']
-    run(opt.cfgs, opt.weights, opt.flops, opt.shapes, opt.repeats, opt.calib_images, openvino=opt.openvino)
+    run(opt.cfgs, opt.weights, opt.flops, opt.shapes, opt.repeats, opt.calib_images, openvino=opt.openvino,
+        ov_presets=tuple(opt.ov_presets))
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from models.backend import OnnxModel
+from models.backend import ExportedModel
 from utils.augmentations import letterbox
 from utils.downloads import safe_download
 from utils.general import (LOGGER, colorstr, count_string, increment_path, make_divisible, non_max_suppression,
@@ -125,7 +125,7 @@ def load_image(im: Any, i: int = 0) -> tuple[np.ndarray, str]:
 
 # ---------------------------------------------------------------------------------------------- the wrapper
 class AutoShape(nn.Module):
-    """A detector (DetectionModel, Ensemble or models.backend.OnnxModel) that takes images as they come: letterbox,
+    """A detector (DetectionModel, Ensemble or models.backend.ExportedModel) that takes images as they come: letterbox,
     batch, inference, NMS and boxes scaled back to each original image -> Detections.
 
     NMS settings are attributes (upstream's names and defaults): ``conf`` 0.25, ``iou`` 0.45, ``classes`` None (or
@@ -171,7 +171,7 @@ class AutoShape(nn.Module):
     def _batch_shape(self, shapes: list[tuple[int, int]], size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) pixels all images are letterboxed to: the largest scaled image rounded up to the stride (upstream),
         or the fixed input shape of an ONNX export."""
-        fixed = self.model.fixed_imgsz() if isinstance(self.model, OnnxModel) else None
+        fixed = self.model.fixed_imgsz() if isinstance(self.model, ExportedModel) else None
         if fixed:
             if tuple(size) != tuple(fixed) and not self._told_fixed:
                 LOGGER.info(f'{self.model.file.name} has a fixed input shape: running letterboxed {fixed[0]}x'

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backend import OnnxModel, is_onnx, load_onnx
+from models.backend import ExportedModel, is_exported, load_exported
 from models.yolo import Detect, DetectionModel
 from utils.checkpoint import CheckpointError, load
 from utils.compression.channel.pruning import DEFAULT_IMPORTANCE, prune_channels, resolve_round
@@ -75,10 +75,10 @@ def attempt_load(weights: str | Path | list, device: torch.device | str | None =
 
 def load_weights(weights: list[str], device: torch.device | str = 'cpu', dnn: bool = False) -> nn.Module:
     """The one loader of val.py and detect.py: unfused FP32 eval-mode model(s) from ``.pt`` files (an Ensemble for
-    several) on ``device``, or for ``.onnx`` files a models.backend.OnnxModel (ONNX Runtime on ``device``, or
-    OpenCV DNN if ``dnn``)."""
-    if any(is_onnx(w) for w in weights):
-        return load_onnx(weights, device, dnn)
+    several) on ``device``, or for an export a models.backend.ExportedModel (.onnx: ONNX Runtime on ``device``, or
+    OpenCV DNN if ``dnn``; an OpenVINO folder or .xml: OpenVINO)."""
+    if any(is_exported(w) for w in weights):
+        return load_exported(weights, device, dnn)
     return attempt_load(weights if len(weights) > 1 else weights[0], device=device, inplace=True, fuse=False)
 
 
@@ -93,11 +93,11 @@ def prepare_model(model: nn.Module, device: torch.device | str, half: bool = Fal
     'bn'; kept counts rounded up to a multiple of ``prune_round``, 'auto': the device's kernel width) and logs
     parameters and GFLOPs before and after. Otherwise the model's sparsity is measured and logged. Then fuses
     Conv+BN, moves it to ``device`` in eval mode, FP16 if ``half``.
-    Shared by val.py and detect.py. An exported model (models.backend.OnnxModel) is used as it is: its weights
+    Shared by val.py and detect.py. An exported model (models.backend.ExportedModel: ONNX, OpenVINO) is used as it is: its weights
     are in the file (report None); pruning it is refused.
     """
 
-    if isinstance(model, OnnxModel):
+    if isinstance(model, ExportedModel):
         if prune:
             raise ValueError('--prune works on .pt weights: prune the checkpoint, then export it')
         return model.eval(), None

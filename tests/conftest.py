@@ -18,10 +18,14 @@ UPSTREAM = ROOT.parent / 'shared' / 'fixtures' / 'upstream'
 # @pytest.mark.onnx and is skipped, with the install line, where one is missing. The decision is made here, in the
 # test process, also for tests that run them in a subprocess. CI runs `pytest -m onnx` after installing them.
 ONNX_MISSING = [m for m in ('onnx', 'onnxruntime') if importlib.util.find_spec(m) is None]
+# openvino and nncf (OpenVINO export and runtime, its INT8 path) are optional the same way: marker `openvino`
+OPENVINO_MISSING = [m for m in ('onnx', 'onnxruntime', 'openvino', 'nncf') if importlib.util.find_spec(m) is None]
 
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'onnx: needs the optional packages onnx and onnxruntime (skipped without)')
+    config.addinivalue_line('markers', 'openvino: needs the optional packages onnx, onnxruntime, openvino and nncf '
+                                       '(skipped without)')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +34,12 @@ def pytest_collection_modifyitems(config, items):
                                        'pip install onnx onnxruntime')
         for item in items:
             if item.get_closest_marker('onnx'):
+                item.add_marker(skip)
+    if OPENVINO_MISSING:
+        skip = pytest.mark.skip(reason=f"{' and '.join(OPENVINO_MISSING)} not installed (optional): "
+                                       'pip install onnx onnxruntime openvino nncf')
+        for item in items:
+            if item.get_closest_marker('openvino'):
                 item.add_marker(skip)
 
 

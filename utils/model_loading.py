@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from models.backend import is_onnx, load_onnx
+from models.backend import is_exported, load_exported
 from models.experimental import Ensemble, checkpoint_model, load_weights
 from models.yolo import DetectionModel
 from utils.checkpoint import load
@@ -89,8 +89,8 @@ def default_data(weights: list[str], single_cls: bool = False) -> tuple[str, str
     if not weights:
         return str(DEFAULT_DATA), '--data not given and no weights: the embedded set'
     w = Path(weights[0])
-    if is_onnx(w):  # an export carries its class names in its metadata, but no training options
-        model = load_onnx([str(w)])
+    if is_exported(w):  # an export carries its class names in its metadata, but no training options
+        model = load_exported([str(w)])
         nc, names, recorded = model_nc(model), _name_list(getattr(model, 'names', None)), None
     else:
         ckpt = load(attempt_download(w))
@@ -127,7 +127,8 @@ def load_unfused(weights: list[str], data: dict, single_cls: bool = False, src: 
                  device: torch.device | str = 'cpu', dnn: bool = False) -> nn.Module:
     """FP32 CPU eval-mode model from weights files (an Ensemble for several), or a random-init yolov5n for [].
 
-    One ``.onnx`` file gives a models.backend.OnnxModel (ONNX Runtime on ``device``, or OpenCV DNN if ``dnn``).
+    One export gives a models.backend.ExportedModel (.onnx: ONNX Runtime on ``device``, or OpenCV DNN if
+    ``dnn``; an OpenVINO folder or .xml: OpenVINO).
     Raises ValueError when the model's class count differs from the data's (unless single_cls); ``src`` names
     the data yaml in that message.
     """

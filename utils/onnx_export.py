@@ -20,7 +20,7 @@ from utils.general import LOGGER, colorstr
 # upstream v7.0 export.py --include names; this project writes only ONNX
 FORMATS = ('torchscript', 'onnx', 'openvino', 'engine', 'coreml', 'saved_model', 'pb', 'tflite', 'edgetpu', 'tfjs',
            'paddle', 'deep')  # deep: this project's entropy-coded Deep Compression checkpoint (.deep.pt)
-SUPPORTED = ('onnx', 'deep')
+SUPPORTED = ('onnx', 'openvino', 'deep')
 PREFIX = colorstr('ONNX:')
 
 
@@ -33,7 +33,8 @@ def check_include(include: list[str] | tuple[str, ...]) -> list[str]:
     unsupported = [x for x in include if x not in SUPPORTED]
     if unsupported:
         raise ValueError(f"--include {' '.join(unsupported)} is not supported: this project exports ONNX "
-                         '(--include onnx) and the entropy-coded Deep Compression checkpoint (--include deep)')
+                         '(--include onnx), OpenVINO (--include openvino) and the entropy-coded Deep Compression '
+                         'checkpoint (--include deep)')
     return include
 
 
