@@ -8,6 +8,7 @@ Usage:
     python compare.py --from-csv runs/val/compare/comparison.csv runs/val/compare2/comparison.csv   # one table
     python compare.py --structured --seeds 0 1 2        # channel pruning: latency, GFLOPs, mAP (see run_structured)
     python compare.py --share-weights dns70.pt --share-bits 3 4 5          # Deep Compression rows only
+    python compare.py --deploy 'half FLOPs=s0.pt,s1.pt,s2.pt' --deploy-oneshot 0.5   # dense -> pruned -> + INT8
 
 Rows: the dense model; one-shot `prune` at each --amounts for each --scopes; then, with a fine-tuning budget of
 --finetune-epochs (> 0), for each amount: one-shot prune + fine-tuning with fixed masks, and DNS (train.py --dns)
@@ -24,6 +25,11 @@ Deep Compression (--share-weights, then only these rows): for each given sparse 
 and per --share-bits B one-shot weight sharing ('shared B-bit', k-means, no training) and weight sharing with
 --share-epochs of centroid fine-tuning ('shared B-bit+ft', train.py --share-bits B); each also written as the
 entropy-coded .deep.pt (deep MB) with its size ratio to the dense FP32 and FP16 .pt files.
+
+The deployment ladder (--deploy, then only these rows; benchmarks/deploy_ladder.py): the dense model, one-shot
+channel-pruned copies (--deploy-oneshot), and the given trained rows (one file per seed), each as its .pt, FP32 and
+INT8 ONNX files and (openvino + nncf installed) FP32/INT8 OpenVINO folders: mAP, sizes, GFLOPs and latency at
+--deploy-shapes next to dense FP32 in ONNX Runtime and in PyTorch; deploy_ladder.md / .csv / .png.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ import torch
 
 import train as trainer
 import val as validate
+from benchmarks import deploy_ladder
+from benchmarks.int8_bench import parse_shape
 from benchmarks.latency_bench import keep_freed_memory, measure, torch_runner
 from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load, make_checkpoint, release_checkpoint, save
@@ -379,6 +387,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='--share-weights: epochs of centroid fine-tuning (train.py --share-bits); 0 skips those rows')
     p.add_argument('--share-step', choices=STEPS, default=STEPS[0],
                    help='--share-weights: centroid step of the fine-tuning (train.py --share-step)')
+    p.add_argument('--deploy', nargs='*', default=None, metavar='NAME=W1,W2',
+                   help="the deployment ladder: dense -> one-shot channel-pruned -> these trained rows ('NAME=w1.pt,"
+                        "w2.pt', one file per seed) -> INT8, in PyTorch, ONNX Runtime and OpenVINO")
+    p.add_argument('--deploy-oneshot', nargs='*', type=float_in(0, 1, lo_open=True, hi_open=True), default=[0.5],
+                   metavar='F', help='--deploy: rows of the dense model channel-pruned to F of its FLOPs (global scope, '
+                                     "widths rounded to --prune-round, default the device's kernel width), no training")
+    p.add_argument('--deploy-shapes', nargs='+', type=parse_shape, default=[(1, 640), (32, 256)], metavar='BxS',
+                   help='--deploy: latency batch x image size')
+    p.add_argument('--calib-images', type=int_at_least(1), default=128, help='--deploy: INT8 calibration images')
     p.add_argument('--from-csv', nargs='+', default=[], metavar='CSV',
                    help='merge earlier comparison.csv files into one table (and seed summaries); evaluates nothing')
     p.add_argument('--project', default=str(ROOT / 'runs' / 'val'), help='save to project/name')
@@ -391,9 +408,25 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
+def run_deploy(opt: argparse.Namespace) -> Path:
+    """--deploy: benchmarks/deploy_ladder.run on the dense --weights and the given rows; returns the output folder."""
+    dense = validate.resolve_weights(opt.weights or None)
+    if not dense:
+        raise ValueError('--deploy needs dense --weights (the shipped model is missing)')
+    data = opt.data or validate.default_data(dense)[0]
+    round_to = opt.prune_round if opt.prune_round > 1 else resolve_round('auto', opt.device)
+    return deploy_ladder.run(Path(dense[0]), deploy_ladder.parse_rows(opt.deploy), str(data), opt.imgsz,
+                             opt.calib_images, tuple(opt.deploy_shapes), opt.latency_repeats,
+                             tuple(opt.deploy_oneshot), round_to, True,
+                             Path(opt.project) / (opt.name if opt.name != 'compare' else 'deploy-ladder'))
+
+
 def main(opt: argparse.Namespace) -> list[Row]:
     set_logging()
     try:
+        if opt.deploy is not None:
+            run_deploy(opt)
+            return []
         return run(opt)
     except (CheckpointError, DownloadError, DeviceError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f'ERROR: {e}') from None

@@ -135,7 +135,7 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
                         calib = CalibrationImages(train, (imgsz, imgsz), calib_images, batch)
                         d, _ = export_openvino(f, f.with_name(f'{f.stem}-{preset}.pt'), {'stride': 32, 'names': {}},
                                                calib=calib, preset=preset)
-                        ov_rows.append((f'INT8 OpenVINO' + (f' {preset}' if len(ov_presets) > 1 else ''),
+                        ov_rows.append(('INT8 OpenVINO' + (f' {preset}' if len(ov_presets) > 1 else ''),
                                         next(d.glob('*.xml')), ''))
                     for precision, file, hint in ov_rows if openvino else ():
                         runners[(name, precision)] = openvino_runner(file, feed, hint)

@@ -29,18 +29,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if ONNX_MISSING:
-        skip = pytest.mark.skip(reason=f"{' and '.join(ONNX_MISSING)} not installed (optional): "
-                                       'pip install onnx onnxruntime')
-        for item in items:
-            if item.get_closest_marker('onnx'):
-                item.add_marker(skip)
-    if OPENVINO_MISSING:
-        skip = pytest.mark.skip(reason=f"{' and '.join(OPENVINO_MISSING)} not installed (optional): "
-                                       'pip install onnx onnxruntime openvino nncf')
-        for item in items:
-            if item.get_closest_marker('openvino'):
-                item.add_marker(skip)
+    for marker, missing, packages in (('onnx', ONNX_MISSING, 'onnx onnxruntime'),
+                                      ('openvino', OPENVINO_MISSING, 'onnx onnxruntime openvino nncf')):
+        if missing:
+            skip = pytest.mark.skip(reason=f"{' and '.join(missing)} not installed (optional): pip install {packages}")
+            for item in items:
+                if item.get_closest_marker(marker):
+                    item.add_marker(skip)
 
 
 @pytest.fixture(scope='session')

@@ -279,7 +279,7 @@ def test_class_count_mismatch_is_one_line_error(dynamic_onnx, tmp_path):
 
 
 @pytest.mark.parametrize('args, words', [
-    (['--include', 'engine'], '--include engine is not supported: this project exports ONNX (--include onnx) and'),
+    (['--include', 'engine'], '--include engine is not supported: this project exports ONNX (--include onnx), OpenVINO'),
     (['--include', 'onnx', 'tflite'], '--include tflite is not supported'),
     (['--include', 'foo'], 'invalid --include foo'),
     (['--weights', 'x.onnx'], 'is already an ONNX file'),

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from models.backend import is_exported, is_openvino
+from tests.detections import assert_boxes_match, read_labels
 from utils.openvino_export import openvino_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,6 @@ def test_int8_model_keeps_decode_and_detect_convs_fp32(int8_export):
 def test_int8_val_and_detect_close_to_fp32(fp32_export, int8_export, shipped_copy, tmp_path):
     """val.py on the OpenVINO folders at 128 px: INT8 within 0.02 mAP50-95 of the FP32 ONNX file (the 256 px
     measurement is in docs/export.md); detect.py: every confident FP32 box has an INT8 box of its class at IoU >= 0.8."""
-    from utils.metrics import box_iou
-
     maps = []
     for w in (shipped_copy.with_suffix('.onnx'), int8_export):
         p = cli('val.py', '--weights', str(w), '--img', '128', '--workers', '0', '--project', str(tmp_path))
@@ -112,15 +110,8 @@ def test_int8_val_and_detect_close_to_fp32(fp32_export, int8_export, shipped_cop
                 '--save-conf', '--nosave', '--project', str(tmp_path), '--name', w.name)
         assert p.returncode == 0, p.stderr[-2000:]
         assert 'OpenVINO' in p.stdout + p.stderr or w.suffix == '.onnx'
-        out.append({t.stem: np.loadtxt(t, ndmin=2) for t in (tmp_path / w.name / 'labels').glob('*.txt')})
-    fp32, int8 = out
-    assert fp32 and fp32.keys() == int8.keys()
-    for k, a in fp32.items():
-        b = int8[k]
-        a = a[a[:, 5] > 0.5]
-        xyxy = lambda t: torch.tensor(np.c_[t[:, 1:3] - t[:, 3:5] / 2, t[:, 1:3] + t[:, 3:5] / 2])  # noqa: E731
-        iou = box_iou(xyxy(a), xyxy(b)) * torch.tensor(a[:, :1] == b[:, 0][None])
-        assert len(a) and (iou.max(1).values >= 0.8).all(), k
+        out.append(read_labels(tmp_path / w.name / 'labels'))
+    assert_boxes_match(*out)
 
 
 @pytest.mark.openvino
@@ -160,3 +151,36 @@ def test_bad_openvino_folders_are_one_line_errors(tmp_path):
         p = cli('val.py', '--weights', str(folder), '--img', '64', '--data', 'data/shapes.yaml')
         last = p.stderr.strip().splitlines()[-1]
         assert p.returncode != 0 and last.startswith('ERROR: ') and words in last, p.stderr[-1500:]
+
+
+@pytest.mark.openvino
+@pytest.mark.slow
+def test_compare_deploy_ladder_end_to_end(tmp_path):
+    """compare.py --deploy on 8 images at 64 px: every rung and runtime in the table, ratios, the plot."""
+    from tests.conftest import shapes_subset
+
+    data = shapes_subset(tmp_path, 8, 8)
+    p = cli('compare.py', '--deploy', '--deploy-oneshot', '0.5', '--data', str(data), '--img', '64',
+            '--deploy-shapes', '1x64', '--latency-repeats', '1', '--calib-images', '4', '--project', str(tmp_path),
+            '--name', 'ladder')
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / 'ladder'
+    lines = (out / 'deploy_ladder.md').read_text().splitlines()
+    rows = [[c.strip() for c in x.strip('|').split('|')] for x in lines[2:]]
+    assert {r[0] for r in rows} == {'dense', 'one-shot 0.5 FLOPs'}
+    runtimes = {r[4] for r in rows}
+    assert {'FP32 torch', 'FP32 ORT', 'INT8 ORT', 'INT8 OpenVINO'} <= runtimes
+    dense_ort = next(r for r in rows if r[0] == 'dense' and r[4] == 'FP32 ORT')
+    assert dense_ort[9] == '1.00x' and float(dense_ort[7]) > 0.1  # its own ratio; a trained model's mAP at 64 px
+    pruned = next(r for r in rows if r[0] == 'one-shot 0.5 FLOPs' and r[4] == 'FP32 ORT')
+    assert float(pruned[3]) < 0.6 * float(dense_ort[3])  # GFLOPs about halved (rounded widths)
+    assert (out / 'deploy_ladder.png').stat().st_size > 10_000 and (out / 'deploy_ladder.csv').is_file()
+
+
+def test_deploy_rows_bad_specs_are_one_line_errors(tmp_path):
+    from benchmarks.deploy_ladder import parse_rows
+
+    with pytest.raises(ValueError, match="look like 'NAME=w1.pt,w2.pt'"):
+        parse_rows(['no-equals-sign'])
+    with pytest.raises(ValueError, match='not found'):
+        parse_rows([f'x={tmp_path / "missing.pt"}'])

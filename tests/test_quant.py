@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
+from tests.detections import assert_boxes_match, read_labels
 from utils.compression.quant.ptq import CalibrationError, CalibrationImages, decode_nodes, int8_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,22 +121,13 @@ def test_int8_round_trip_keeps_accuracy(int8_export, tmp_path):
 @pytest.mark.slow
 def test_int8_detections_match_fp32(int8_export, tmp_path):
     """detect.py on the sample images: every confident FP32 box has an INT8 box of the same class at IoU >= 0.8."""
-    from utils.metrics import box_iou
-
     out = []
     for f in int8_export:
         p = cli('detect.py', '--weights', str(f), '--source', 'data/images', '--img', '128', '--save-txt',
                 '--save-conf', '--nosave', '--project', str(tmp_path), '--name', f.stem)
         assert p.returncode == 0, p.stderr[-2000:]
-        out.append({t.stem: np.loadtxt(t, ndmin=2) for t in (tmp_path / f.stem / 'labels').glob('*.txt')})
-    fp32, int8 = out
-    assert fp32 and fp32.keys() == int8.keys()
-    for k, a in fp32.items():
-        b = int8[k]
-        a = a[a[:, 5] > 0.5]
-        xyxy = lambda t: torch.tensor(np.c_[t[:, 1:3] - t[:, 3:5] / 2, t[:, 1:3] + t[:, 3:5] / 2])  # noqa: E731
-        iou = box_iou(xyxy(a), xyxy(b)) * torch.tensor(a[:, :1] == b[:, 0][None])
-        assert len(a) and (iou.max(1).values >= 0.8).all(), k
+        out.append(read_labels(tmp_path / f.stem / 'labels'))
+    assert_boxes_match(*out)
 
 
 @pytest.mark.onnx
