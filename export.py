@@ -32,6 +32,7 @@ from models.experimental import attempt_load, prepare_model
 from utils.checkpoint import CheckpointError
 from utils.cli import int_at_least
 from utils.compression.deep.deep_file import export_deep
+from utils.compression.quant.openvino_ptq import DEFAULT_PRESET, PRESETS
 from utils.compression.quant.ptq import (CALIB_METHODS, DEFAULT_CALIB_IMAGES, DEFAULT_CALIB_METHOD, CalibrationImages,
                                          int8_path, quantize_onnx)
 from utils.compression.quant.ptq import PREFIX as INT8
@@ -39,7 +40,6 @@ from utils.data_yaml import check_dataset
 from utils.downloads import DownloadError
 from utils.general import LOGGER, ROOT, check_img_size, colorstr, set_logging
 from utils.onnx_export import FORMATS, PREFIX, SUPPORTED, check_include, detect_head, export_onnx
-from utils.compression.quant.openvino_ptq import DEFAULT_PRESET, PRESETS
 from utils.openvino_export import PREFIX as OPENVINO
 from utils.openvino_export import export_openvino
 from utils.torch_utils import DeviceError, select_device
@@ -102,7 +102,7 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # --int8: calibration
         raise ValueError('--int8 quantizes the ONNX or OpenVINO export: add --include onnx and/or openvino')
     if int8 and half:
         raise ValueError('--int8 and --half do not combine: the INT8 file is quantized from the FP32 export')
-    if int8 and opset < 13:
+    if int8 and opset < 13 and 'onnx' in include:
         raise ValueError(f'--int8 needs --opset >= 13 (per-channel QDQ), got {opset}')
     written = []
     if 'deep' in include:  # entropy-coded checkpoint: shared weights and sparse positions Huffman-coded
@@ -121,7 +121,8 @@ def run(data: str | Path = ROOT / 'data' / 'shapes.yaml',  # --int8: calibration
         if int8:
             require('nncf', 'OpenVINO INT8 export (--include openvino --int8)')
     if int8:
-        require('onnxruntime', 'INT8 export')
+        if 'onnx' in include:
+            require('onnxruntime', 'INT8 export')
         calib = CalibrationImages(check_dataset(data)['train'], (0, 0), calib_images, batch_size)  # errors first
 
     model, _ = prepare_model(attempt_load(weights, device=device, inplace=True, fuse=False), device, half=False)
