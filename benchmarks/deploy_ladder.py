@@ -145,28 +145,41 @@ def run(dense: Path, rows: dict[str, list[Path]], data: str, imgsz: int = 256, c
 
 
 def plot(results: dict, lat: dict, shape: tuple[int, int], runtimes: list[tuple[str, str]], file: Path) -> None:
-    """mAP50-95 (mean, with the seeds' std as error bars) against ms/img at ``shape``, one marker per runtime."""
+    """mAP50-95 (mean, with the seeds' std as error bars) against ms/img at ``shape``: colour = row, marker = runtime.
+    Rows far below the best (e.g. one-shot pruned, not fine-tuned) would squash the axis: they are named in a note."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
+    best = max(statistics.mean(r[f'{k}_map'] for r in rs) for rs in results.values() for k, _ in runtimes
+               if f'{k}_map' in rs[0])
     fig = Figure(figsize=(7.5, 4.8), tight_layout=True)
     ax = fig.subplots()
-    for (key, runtime), marker in zip(runtimes, 'so^Dvx'):
-        xs, ys, es, names = [], [], [], []
-        for name, rs in results.items():
+    colors, off, shown, used = {}, {}, [], []
+    for i, (name, rs) in enumerate(results.items()):
+        colors[name] = f'C{i}'
+        for (key, runtime), marker in zip(runtimes, 'so^Dvx'):
             t = lat.get((name, runtime, *shape))
-            if t and f'{key}_map' in rs[0]:
-                v = [r[f'{key}_map'] for r in rs]
-                xs.append(t['ms']), ys.append(statistics.mean(v))
-                es.append(statistics.stdev(v) if len(v) > 1 else 0), names.append(name)
-        if xs:
-            ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=runtime)
-        for x, y, n in zip(xs, ys, names):
-            ax.annotate(n, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7)
+            if not t or f'{key}_map' not in rs[0]:
+                continue
+            v = [r[f'{key}_map'] for r in rs]
+            if statistics.mean(v) < 0.5 * best:
+                off.setdefault(name, []).append(statistics.mean(v))
+                continue
+            shown += [name] * (name not in shown)
+            used += [(runtime, marker)] * ((runtime, marker) not in used)
+            ax.errorbar(t['ms'], statistics.mean(v), yerr=statistics.stdev(v) if len(v) > 1 else 0, fmt=marker,
+                        color=colors[name], capsize=3, markersize=7)
+    legend = ax.legend([Line2D([], [], color=colors[n], lw=6) for n in shown], shown, loc='lower left', fontsize=8)
+    ax.add_artist(legend)
+    ax.legend([Line2D([], [], color='k', marker=m, ls='') for _, m in used], [rt for rt, _ in used],
+              loc='lower right', fontsize=8)
+    if off:
+        ax.set_title('not shown, far below: ' + '; '.join(f'{n} (mAP50-95 {min(v):.3f}-{max(v):.3f})'
+                                                          for n, v in off.items()), fontsize=8)
     ax.set_xlabel(f'ms per image, batch {shape[0]} at {shape[1]} px (CPU)')
     ax.set_ylabel('mAP50-95 (embedded set)')
     ax.set_xscale('log')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which='both')
     fig.savefig(file, dpi=150)
 
 

@@ -3,7 +3,8 @@
 What upstream's `export.py --include openvino --int8` does, with this project's choices, measured in docs/export.md:
 - preset MIXED (asymmetric activations, upstream's choice) by default: on the shipped model it stays within 0.01
   mAP50-95 of FP32 where PERFORMANCE (symmetric activations, faster kernels on this CPU) does not;
-- NNCF's fast bias correction off: it cost 0.007 mAP50-95 with either preset;
+- NNCF's full bias correction (``fast_bias_correction=False``, slower to quantize) instead of its default fast one:
+  0.007 mAP50-95 better with either preset;
 - the box decode after the Detect output convs (reshape, sigmoid, grid/anchor arithmetic, concat) stays FP32, found
   by graph structure in the ONNX file the model was converted from (ptq.decode_nodes), like the ONNX Runtime INT8
   export; the Detect output convs stay FP32 too unless ``keep_heads`` is False;
@@ -42,10 +43,12 @@ class OpenVinoQuantReport:
 
 
 def quantize_openvino(model: Any, onnx_file: str | Path, calib: CalibrationImages, preset: str = DEFAULT_PRESET,
-                      keep_fp32: Sequence[str] = (), keep_heads: bool = True) -> tuple[Any, OpenVinoQuantReport]:
+                      keep_fp32: Sequence[str] = (), keep_heads: bool = True,
+                      fast_bias_correction: bool = False) -> tuple[Any, OpenVinoQuantReport]:
     """The INT8 form of ``model`` (an openvino.Model converted from ``onnx_file``) and its report.
 
-    ``keep_fp32``: ONNX names of more Conv nodes to leave in FP32 (as ptq.quantize_onnx).
+    ``keep_fp32``: ONNX names of more Conv nodes to leave in FP32 (as ptq.quantize_onnx). ``fast_bias_correction``:
+    NNCF's default fast bias correction instead of the full one (benchmarks/int8_settings.py compares them).
 
     Raises CalibrationError (one line) for a bad preset or when no calibration image can be read, CheckpointError
     when nncf is not installed.
@@ -71,7 +74,8 @@ def quantize_openvino(model: Any, onnx_file: str | Path, calib: CalibrationImage
 
     logging.getLogger('nncf').setLevel(logging.WARNING)  # NNCF logs one INFO line per ignored node
     q = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
-                      preset=getattr(nncf.QuantizationPreset, preset.upper()), fast_bias_correction=False,
+                      preset=getattr(nncf.QuantizationPreset, preset.upper()),
+                      fast_bias_correction=fast_bias_correction,
                       ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     convs = [op for op in q.get_ops() if op.get_type_name() == 'Convolution']
     n_q = sum(map(int8_weights, convs))
