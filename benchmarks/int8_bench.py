@@ -158,7 +158,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--cfgs', nargs='*', default=None, help='model YAMLs (random init); default yolov5n + yolov5s')
     p.add_argument('--weights', nargs='*', default=None, help='dense .pt, then pruned .pt files to compare with it')
-    p.add_argument('--flops', nargs='+', type=float, default=[0.5, 0.33], help='FLOPs fractions of the pruned rows')
+    p.add_argument('--flops', nargs='*', type=float, default=[0.5, 0.33], help='FLOPs fractions of the pruned rows')
     p.add_argument('--shapes', nargs='+', type=parse_shape, default=[(1, 640), (32, 256)], help='BATCHxSIZE')
     p.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
     p.add_argument('--calib-images', type=int, default=32, help='calibration images per INT8 file')
