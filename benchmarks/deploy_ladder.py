@@ -108,8 +108,9 @@ def run(dense: Path, rows: dict[str, list[Path]], data: str, imgsz: int = 256, c
     ladder.update({f'one-shot {f:g} FLOPs': [oneshot(Path(dense), f, round_to, out)] for f in oneshots})
     ladder.update(rows)
     firsts = [files[0] for files in ladder.values()]
-    # timing first, in a process that has not yet loaded and run dozens of models (OpenVINO runtimes kept alive by
-    # the evaluations slowed later timings by up to 20 %)
+    # timing first, before the evaluations load dozens of models into this process (the ladder timed after them
+    # measured the same within a few per cent, but a process holding fewer OpenVINO models times some of them
+    # faster: docs/export.md, the deployment ladder)
     timing = time_ladder(None, [str(f) for f in firsts], [], list(shapes), repeats, 32, names=list(ladder)[1:],
                          openvino=openvino)
     results = {name: [evaluate(w, data, imgsz, calib_images, out, openvino) for w in files]
