@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models.backend import require
-from utils.compression.quant.ptq import CalibrationError, CalibrationImages, decode_nodes
+from utils.compression.quant.ptq import CalibrationError, CalibrationImages, check_conv_names, decode_nodes
 
 PRESETS = ('performance', 'mixed')  # NNCF QuantizationPreset: symmetric / asymmetric activations
 DEFAULT_PRESET = 'mixed'  # measured: docs/export.md
@@ -59,10 +59,7 @@ def quantize_openvino(model: Any, onnx_file: str | Path, calib: CalibrationImage
         raise CalibrationError(f"OpenVINO INT8 preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     model_onnx = onnx.load(str(onnx_file), load_external_data=False)
     heads, decode = decode_nodes(model_onnx)
-    convs = {n.name for n in model_onnx.graph.node if n.op_type == 'Conv'}
-    bad = [k for k in keep_fp32 if k not in convs]
-    if bad:
-        raise CalibrationError(f'--int8-keep-fp32: no Conv node named {bad[0]} (names look like {sorted(convs)[0]})')
+    check_conv_names(model_onnx, keep_fp32)
     # OpenVINO names an ONNX Conv's convolution '<onnx name>/WithoutBiases' and its bias Add '<onnx name>'
     keep = set(decode + heads * keep_heads + list(keep_fp32))
     ignored = [op.get_friendly_name() for op in model.get_ops()

@@ -124,6 +124,14 @@ def decode_nodes(model_onnx: Any) -> tuple[list[str], list[str]]:
     return sorted(heads, key=order.index), [n for n in order if n in down]
 
 
+def check_conv_names(model_onnx: Any, names: Sequence[str]) -> None:
+    """CalibrationError (one line) unless every name in ``names`` (--int8-keep-fp32) is a Conv node of the graph."""
+    convs = {n.name for n in model_onnx.graph.node if n.op_type == 'Conv'}
+    bad = [k for k in names if k not in convs]
+    if bad:
+        raise CalibrationError(f'--int8-keep-fp32: no Conv node named {bad[0]} (names look like {sorted(convs)[0]})')
+
+
 @dataclass
 class QuantReport:
     """What quantize_onnx did: node counts and file sizes (bytes)."""
@@ -164,10 +172,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calib: CalibrationImages, me
     if opset < 13:
         raise CalibrationError(f'per-channel INT8 needs opset >= 13, {src} has {opset}')
     heads, decode = decode_nodes(model)
-    convs = {n.name for n in model.graph.node if n.op_type == 'Conv'}
-    bad = [k for k in keep_fp32 if k not in convs]
-    if bad:
-        raise CalibrationError(f'--int8-keep-fp32: no Conv node named {bad[0]} (names look like {sorted(convs)[0]})')
+    check_conv_names(model, keep_fp32)
     exclude = decode + heads * keep_heads + [k for k in keep_fp32 if not (keep_heads and k in heads)]
     calib_method = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
                     'percentile': CalibrationMethod.Percentile}[method]
