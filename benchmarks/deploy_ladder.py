@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import export  # noqa: E402
 import val  # noqa: E402
-from benchmarks.int8_bench import parse_shape  # noqa: E402
+from benchmarks.int8_bench import openvino_available, openvino_default, parse_shape  # noqa: E402
 from benchmarks.int8_bench import run as time_ladder  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from utils.checkpoint import make_checkpoint, save  # noqa: E402
@@ -41,18 +40,6 @@ from utils.torch_utils import model_flops  # noqa: E402
 # (result key, runtime label in the table and in int8_bench's rows); 'ov' is relabelled with OpenVINO's default
 RUNTIMES = (('pt', 'FP32 torch'), ('fp32', 'FP32 ORT'), ('int8', 'INT8 ORT'), ('ov', 'OpenVINO default'),
             ('ov_fp32', 'FP32 OpenVINO'), ('ov_int8', 'INT8 OpenVINO'))
-
-
-def openvino_available() -> bool:
-    return all(importlib.util.find_spec(m) for m in ('openvino', 'nncf'))
-
-
-def openvino_default() -> str:
-    """OpenVINO's default CPU inference precision as a label: 'BF16' on CPUs with AMX/AVX512-BF16, else 'FP32'."""
-    import openvino as ov
-
-    t = ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT').get_type_name()
-    return {'bf16': 'BF16', 'f32': 'FP32', 'f16': 'FP16'}.get(t, t)
 
 
 def oneshot(dense: Path, flops: float, round_to: int, out: Path) -> Path:

@@ -70,6 +70,19 @@ def openvino_runner(file: Path, feed: dict, precision: str = 'f32'):
     return lambda: request.infer(feed)
 
 
+def openvino_available() -> bool:
+    """True when the optional packages of the OpenVINO rows (openvino, nncf) are installed."""
+    return all(importlib.util.find_spec(m) for m in ('openvino', 'nncf'))
+
+
+def openvino_default() -> str:
+    """OpenVINO's default CPU inference precision as a label: 'BF16' on CPUs with AMX/AVX512-BF16, else 'FP32'."""
+    import openvino as ov
+
+    t = ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT').get_type_name()  # an ov.Type: bf16, f32, ...
+    return {'bf16': 'BF16', 'f32': 'FP32', 'f16': 'FP16'}.get(t, t)
+
+
 def parse_shape(s: str) -> tuple[int, int]:
     b, _, n = s.partition('x')
     return int(b), int(n)
@@ -97,15 +110,14 @@ def run(cfgs: list[str] | None, weights: list[str] | None, flops: list[float], s
         models[Path(cfg).stem] = ladder(DetectionModel(cfg).eval(), flops, width)
     import onnxruntime as ort
 
-    if openvino and not all(importlib.util.find_spec(m) for m in ('openvino', 'nncf')):
+    if openvino and not openvino_available():
         print('openvino / nncf not installed (pip install openvino nncf): no OpenVINO rows')
         openvino = False
     ov_default = ''
     if openvino:
         import openvino as ov
 
-        hint = ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT')  # an ov.Type, e.g. bf16 or f32
-        ov_default = {'bf16': 'BF16', 'f32': 'FP32', 'f16': 'FP16'}.get(hint.get_type_name(), hint.get_type_name())
+        ov_default = openvino_default()
         print(f"OpenVINO {ov.__version__}: FP32 rows with INFERENCE_PRECISION_HINT f32; its default on this CPU is "
               f"{ov_default} ('{ov_default} OpenVINO' rows); INT8 rows: NNCF preset {', '.join(ov_presets)}")
 
